@@ -1,0 +1,334 @@
+"""Typed configuration: nested dataclasses are the source of truth.
+
+A run's config is built in three layers, later wins:
+  1. the dataclass defaults below (the seeds' recipe: resnet18, SGD 0.1 @ batch 128, cosine, 20 epochs),
+  2. a YAML recipe from `configs/` (`--config configs/X.yaml`),
+  3. dotted command-line overrides (`optim.lr=0.2 train.epochs=5`).
+Unknown keys, wrong types and values outside a field's `choices` raise `ConfigError` naming the key and
+what is allowed. The resolved config serialises back to YAML and is saved in every run directory.
+
+The same machinery (`parse_args`, `from_dict`, `apply_overrides`) serves every entry point: training
+(`Config`), the benchmark and the sweep runner build their own dataclasses on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A mistake in a config file or override: names the key and what is allowed."""
+
+
+def choices(*allowed, default):
+    """A field whose value must be one of `allowed` (checked on load and on override)."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any name from `python -m harness.models`
+    num_classes: int = 0  # 0: taken from the dataset (10 for CIFAR-10, 100 for CIFAR-100)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = choices("cifar10", "cifar100", default="cifar10")
+    root: str = "data"  # holds cifar-10-batches-bin/ or cifar-10-batches-py/ (cifar-100-* likewise)
+    format: str = choices("auto", "bin", "py", default="auto")  # auto: whichever is present, bin first
+    # official: python files must match torchvision's md5 list, binary files the official sizes;
+    # structure: record structure, keys, shapes and label ranges only (re-encoded or small copies).
+    verify: str = choices("official", "structure", default="official")
+    download: bool = True  # fetch missing files when online (rank 0 downloads, the others wait)
+    limit_train: int = 0  # use only the first N training images (0: all)
+    val_size: int = 0  # hold out the last N training images for validation (0: none)
+    backend: str = choices("auto", "torch", "dali", "synthetic", default="auto")
+    augment: bool = True  # random crop with padding + horizontal flip on the training set
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of a zeroed square (0: off)
+    prefetch: int = 2  # DALI prefetch queue depth
+    drop_last: bool = True  # training: drop the incomplete last batch (evaluation never drops)
+    synthetic_size: int = 50000  # images per epoch for backend=synthetic
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # global: split evenly across processes
+    precision: str = choices("fp32", "bf16", default="bf16")
+    channels_last: bool = True
+    compile: bool = True
+    compile_mode: str = choices(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", default="default"
+    )
+    target_acc: float = 0.0  # stop when validation (else test) accuracy reaches it (0: off)
+    resume: str = ""  # "": fresh run; "auto": latest checkpoint in run.dir if any; or a checkpoint path
+    grad_accum: int = 1  # micro-batches per optimiser step; batch_size is the micro-batch, globally
+    grad_clip: float = 0.0  # max global grad norm (0: off)
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # EMA decay of the weights, evaluated instead of the raw weights (0: off)
+    tta_flip: bool = False  # average logits of the image and its mirror at evaluation
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = 1000  # global
+    max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
+
+
+@dataclass
+class OptimConfig:
+    name: str = choices("sgd", "adamw", default="sgd")
+    lr: float = 0.1  # the learning rate at ref_batch_size ...
+    ref_batch_size: int = 128  # ... scaled to train.batch_size * train.grad_accum by lr_scaling
+    lr_scaling: str = choices("linear", "sqrt", "none", default="linear")
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5e-4
+    no_wd_norm_bias: bool = False  # exclude norm weights and all biases from weight decay
+    schedule: str = choices("cosine", "onecycle", "linear", "constant", default="cosine")
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (onecycle: the rising part; default 0.3 * epochs)
+    min_lr_ratio: float = 0.0  # the schedule's floor, as a fraction of the peak lr
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # the run directory, exactly this path ("" -> runs/<model>-<UTC time>)
+    seed: int = 0
+    name: str = ""  # W&B run name ("" -> the run directory's name)
+    log_every: int = 50  # optimiser steps between metrics.jsonl rows (and the only .item() syncs)
+    checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end and on a signal)
+    keep_checkpoints: int = 2
+    progress: bool = True  # a progress bar with ETA on the console (rank 0)
+    wandb: bool = True  # W&B tracking through accelerate (offline unless WANDB_API_KEY is set)
+    wandb_project: str = "harness"
+    wandb_group: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading, checking, overriding, serialising
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`. Ints are accepted for floats;
+    nothing else is converted (a string "5" for an int is an error, so typos do not pass silently)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        # YAML reads `run.name=123` as an int; a string field takes its text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp}")  # a programming error, not a user one
+
+
+def _unknown_key(key: str, allowed: list[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, allowed, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} Allowed here: {', '.join(sorted(allowed))}")
+
+
+def _set_field(obj, f: dataclasses.Field, value: Any, key: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    tp = hints[f.name]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping of keys), got {value!r}")
+        _update(getattr(obj, f.name), value, key)
+        return
+    value = _coerce(value, tp, key)
+    allowed = f.metadata.get("choices")
+    if allowed and value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+    setattr(obj, f.name, value)
+
+
+def _update(obj, data: dict, prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise _unknown_key(key, list(fields))
+        _set_field(obj, fields[name], value, key)
+
+
+def from_dict(cls, data: dict | None):
+    """Build `cls` from a (possibly partial, nested) mapping, checking every key and value."""
+    obj = cls()
+    if data:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+        _update(obj, data)
+    return obj
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`optim.lr=0.2` -> ("optim.lr", 0.2). The value is read as YAML, so 1e-3, true, [1, 2] work."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # e.g. a path with a colon: leave it as text, the field's type decides
+    # YAML 1.1 reads 1e-3 (no dot) as a string: accept it as a number where it parses as one
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") and value.strip() else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply dotted `key=value` overrides in order; each key must name an existing field."""
+    for text in overrides:
+        key, value = parse_override(text)
+        obj, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(obj)}
+            here = ".".join(parts[: i + 1])
+            if part not in fields:
+                raise _unknown_key(here, list(fields))
+            f = fields[part]
+            if i == len(parts) - 1:
+                if dataclasses.is_dataclass(getattr(obj, part)) and not isinstance(value, dict):
+                    raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.<key>=...")
+                _set_field(obj, f, value, here)
+            else:
+                obj = getattr(obj, part)
+                if not dataclasses.is_dataclass(obj):
+                    raise ConfigError(f"{here} is a value, not a section; use {here}=...")
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (recipes live in configs/, e.g. configs/resnet18.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """defaults -> YAML recipe at `path` -> overrides."""
+    data = load_yaml(path) if path else None
+    try:
+        cfg = from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cfg, overrides or [])
+
+
+def parse_args(cls, argv: list[str] | None = None, prog: str = "harness"):
+    """`[--config FILE] [key=value ...]` -> a checked `cls` instance. `--help` prints every key."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {prog} [--config configs/X.yaml] [section.key=value ...]\n\nkeys and defaults:")
+        for line in to_yaml(cls()).splitlines():
+            print("  " + line)
+        raise SystemExit(0)
+    path = None
+    overrides = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file, e.g. --config configs/resnet18.yaml")
+            path = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise ConfigError(f"unknown option {a}; use --config FILE and key=value overrides (see --help)")
+        else:
+            overrides.append(a)
+        i += 1
+    return load(cls, path, overrides)
+
+
+def run_cli(main):
+    """Run an entry point's `main()`, turning user mistakes into one clear line and a non-zero exit."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None

@@ -1,0 +1,289 @@
+"""CIFAR-10/100 on disk: find, verify, download and read the official files into uint8 arrays.
+
+Both official formats are read:
+  * the python version (`cifar-10-batches-py/`, `cifar-100-python/`): pickled dicts, checked against
+    torchvision's md5 list (torchvision owns those checksums; we read them from its dataset classes);
+  * the binary version (`cifar-10-batches-bin/`, `cifar-100-binary/`): fixed-size records
+    (<label> + 3072 bytes for CIFAR-10, <coarse><fine> + 3072 for CIFAR-100), checked for the official
+    file sizes and for a valid label in every record.
+`data.verify=structure` relaxes the md5/size checks to structure only (any whole number of records, the
+right pickle keys and shapes): for re-encoded copies and the small files the tests write.
+
+Everything returned is host memory: images (N, 32, 32, 3) uint8 HWC, labels (N,) int64. Moving it to the
+device and augmenting it is the loaders' job (harness/data/loaders.py).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+
+IMAGE_BYTES = 3 * 32 * 32
+
+
+class DataError(UserError):
+    pass
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    classes: list[str]
+    source: str  # the directory the files came from
+
+
+def _torchvision_cls(dataset: str):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return CIFAR10 if dataset == "cifar10" else CIFAR100
+
+
+# Layout of each format: directory name, train files, test files; record = label bytes + image bytes.
+BINARY = {
+    "cifar10": dict(dir="cifar-10-batches-bin", train=[f"data_batch_{i}.bin" for i in range(1, 6)],
+                    test=["test_batch.bin"], label_bytes=1, records=10000, classes=10),
+    "cifar100": dict(dir="cifar-100-binary", train=["train.bin"], test=["test.bin"], label_bytes=2,
+                     records=None, classes=100),  # train.bin 50000 records, test.bin 10000
+}
+CIFAR100_RECORDS = {"train.bin": 50000, "test.bin": 10000}
+
+
+def _python_layout(dataset: str) -> dict:
+    cls = _torchvision_cls(dataset)
+    return dict(dir=cls.base_folder, train=cls.train_list, test=cls.test_list, meta=cls.meta,
+                label_key="labels" if dataset == "cifar10" else "fine_labels",
+                classes=10 if dataset == "cifar10" else 100)
+
+
+def _where_to_put(dataset: str, root: Path) -> str:
+    py = _python_layout(dataset)
+    b = BINARY[dataset]
+    cls = _torchvision_cls(dataset)
+    return (
+        f"Put the python version in {root / py['dir']}/ (files {', '.join(n for n, _ in py['train'] + py['test'])}, "
+        f"{py['meta']['filename']}; from {cls.url}) or the binary version in {root / b['dir']}/ "
+        f"(files {', '.join(b['train'] + b['test'])}), or set data.root to the folder that holds them. "
+        f"On this project's machines: python ../shared/tools/cifar10_pack.py unpack --out {root}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# binary version
+
+
+def _read_binary(path: Path, dataset: str, expected_records: int | None, verify: str) -> Split:
+    b = BINARY[dataset]
+    rec = b["label_bytes"] + IMAGE_BYTES
+    size = path.stat().st_size
+    if verify == "official" and expected_records is not None and size != expected_records * rec:
+        raise DataError(
+            f"{path} has {size} bytes, the official file has {expected_records * rec} "
+            f"({expected_records} records of {rec} bytes): it is damaged or truncated. Delete it and "
+            f"unpack or download it again (or set data.verify=structure for a deliberately smaller copy)."
+        )
+    if size == 0 or size % rec:
+        raise DataError(
+            f"{path} has {size} bytes, not a whole number of {rec}-byte records: it is damaged or "
+            f"truncated. Delete it and unpack or download it again."
+        )
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, rec)
+    label = raw[:, b["label_bytes"] - 1].astype(np.int64)  # CIFAR-100: <coarse><fine>, we train on fine
+    bad = np.flatnonzero(label >= b["classes"])
+    if len(bad):
+        raise DataError(
+            f"{path}: record {bad[0]} has label {label[bad[0]]}, outside 0..{b['classes'] - 1}: the record "
+            f"structure is broken (damaged file, or a {dataset} file from another data set). Replace it."
+        )
+    if b["label_bytes"] == 2 and int(raw[:, 0].max()) >= 20:
+        raise DataError(f"{path}: a coarse label is outside 0..19: the record structure is broken. Replace it.")
+    images = raw[:, b["label_bytes"]:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return Split(np.ascontiguousarray(images), label)
+
+
+def _load_binary(root: Path, dataset: str, verify: str) -> tuple[Split, Split, list[str]]:
+    b = BINARY[dataset]
+    d = root / b["dir"]
+    splits = []
+    for names in (b["train"], b["test"]):
+        parts = []
+        for n in names:
+            records = b["records"] or CIFAR100_RECORDS[n]
+            parts.append(_read_binary(d / n, dataset, records, verify))
+        splits.append(Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])))
+    meta = d / ("batches.meta.txt" if dataset == "cifar10" else "fine_label_names.txt")
+    classes = [c for c in meta.read_text().split() if c] if meta.is_file() else []
+    return splits[0], splits[1], classes
+
+
+# ----------------------------------------------------------------------------------------------------
+# python version
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:  # truncated or foreign file: any unpickling error means the same thing
+        raise DataError(f"{path} cannot be read as a CIFAR pickle ({type(e).__name__}: {e}): it is damaged. "
+                        f"Delete it and unpack or download it again.") from None
+
+
+def _load_python(root: Path, dataset: str, verify: str) -> tuple[Split, Split, list[str]]:
+    from torchvision.datasets.utils import check_integrity
+
+    py = _python_layout(dataset)
+    d = root / py["dir"]
+    if verify == "official":
+        for name, md5 in py["train"] + py["test"] + [(py["meta"]["filename"], py["meta"]["md5"])]:
+            if not check_integrity(str(d / name), md5):
+                raise DataError(
+                    f"{d / name} does not match torchvision's md5 {md5}: the file is damaged or not the "
+                    f"official one. Delete it and download or unpack it again; for a re-encoded copy (such as "
+                    f"cifar10_pack.py --format py) set data.verify=structure."
+                )
+    splits = []
+    for files in (py["train"], py["test"]):
+        images, labels = [], []
+        for name, _ in files:
+            entry = _unpickle(d / name)
+            try:
+                x = np.asarray(entry["data"], dtype=np.uint8)
+                y = np.asarray(entry[py["label_key"]], dtype=np.int64)
+            except (KeyError, TypeError):
+                raise DataError(f"{d / name} lacks the keys 'data' and '{py['label_key']}': it is not a "
+                                f"{dataset} python batch. Replace it.") from None
+            if x.ndim != 2 or x.shape[1] != IMAGE_BYTES or len(x) != len(y) or len(y) == 0:
+                raise DataError(f"{d / name}: data has shape {x.shape} for {len(y)} labels, expected "
+                                f"(N, {IMAGE_BYTES}) with one label per row: the file is damaged. Replace it.")
+            if y.min() < 0 or y.max() >= py["classes"]:
+                raise DataError(f"{d / name}: labels outside 0..{py['classes'] - 1}: the file is damaged.")
+            images.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(y)
+        splits.append(Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)))
+    meta_path = d / py["meta"]["filename"]
+    classes = list(_unpickle(meta_path)[py["meta"]["key"]]) if meta_path.is_file() else []
+    return splits[0], splits[1], classes
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _present(root: Path, dataset: str) -> dict[str, bool]:
+    py = _python_layout(dataset)
+    b = BINARY[dataset]
+    return {
+        "bin": all((root / b["dir"] / n).is_file() for n in b["train"] + b["test"]),
+        "py": all((root / py["dir"] / n).is_file() for n, _ in py["train"] + py["test"]),
+    }
+
+
+def download(root: Path, dataset: str) -> None:
+    """Fetch and unpack the python version with torchvision's own downloader (md5-checked)."""
+    import socket
+    import urllib.error
+
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = _torchvision_cls(dataset)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # an unreachable host must fail in seconds, not hang a whole job
+    try:
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise DataError(f"{dataset} is not under {root} and could not be downloaded ({e}). "
+                        + _where_to_put(dataset, root)) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def load_dataset(dataset: str, root: str | os.PathLike, fmt: str = "auto", verify: str = "official",
+                 allow_download: bool = False) -> Dataset:
+    """Read train and test splits of `dataset` from `root` in format `fmt` (auto: bin, else py)."""
+    if dataset not in BINARY:
+        raise DataError(f"unknown dataset {dataset!r}; choose cifar10 or cifar100")
+    root = Path(root)
+    present = _present(root, dataset)
+    if fmt == "auto":
+        fmt = "bin" if present["bin"] else "py" if present["py"] else ""
+    if not fmt or not present[fmt]:
+        if allow_download and fmt in ("", "py"):
+            download(root, dataset)
+            fmt = "py"
+        else:
+            what = {"bin": "the binary version", "py": "the python version"}.get(fmt, "CIFAR files")
+            raise DataError(f"{what} of {dataset} is missing under {root} (data.download is off). "
+                            + _where_to_put(dataset, root))
+    loader = _load_binary if fmt == "bin" else _load_python
+    train, test, classes = loader(root, dataset, verify)
+    num_classes = 10 if dataset == "cifar10" else 100
+    if len(classes) != num_classes:
+        classes = [str(i) for i in range(num_classes)]
+    folder = BINARY[dataset]["dir"] if fmt == "bin" else _python_layout(dataset)["dir"]
+    return Dataset(dataset, train, test, num_classes, classes, str(root / folder))
+
+
+# ----------------------------------------------------------------------------------------------------
+# writers: the tests (and anyone making a small fixture) write files in both official formats
+
+
+def write_binary(root: str | os.PathLike, dataset: str, train: Split, test: Split) -> Path:
+    """Write `train`/`test` as the official binary version (CIFAR-10: split into 5 train batches)."""
+    b = BINARY[dataset]
+    d = Path(root) / b["dir"]
+    d.mkdir(parents=True, exist_ok=True)
+
+    def records(split: Split) -> bytes:
+        chw = split.images.transpose(0, 3, 1, 2).reshape(len(split), -1)
+        labels = split.labels.astype(np.uint8)[:, None]
+        if b["label_bytes"] == 2:
+            labels = np.concatenate([labels // 5, labels], axis=1)  # a made-up coarse label in 0..19
+        return np.concatenate([labels, chw], axis=1).astype(np.uint8).tobytes()
+
+    for names, split in ((b["train"], train), (b["test"], test)):
+        chunks = np.array_split(np.arange(len(split)), len(names))
+        for n, idx in zip(names, chunks):
+            (d / n).write_bytes(records(Split(split.images[idx], split.labels[idx])))
+    meta = "batches.meta.txt" if dataset == "cifar10" else "fine_label_names.txt"
+    (d / meta).write_text("\n".join(str(i) for i in range(b["classes"])) + "\n")
+    return d
+
+
+def write_python(root: str | os.PathLike, dataset: str, train: Split, test: Split) -> Path:
+    """Write `train`/`test` as the python version (same keys as the official pickles)."""
+    py = _python_layout(dataset)
+    d = Path(root) / py["dir"]
+    d.mkdir(parents=True, exist_ok=True)
+    for files, split in ((py["train"], train), (py["test"], test)):
+        chunks = np.array_split(np.arange(len(split)), len(files))
+        for (name, _), idx in zip(files, chunks):
+            entry = {"data": split.images[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1),
+                     py["label_key"]: split.labels[idx].tolist(), "batch_label": name}
+            with open(d / name, "wb") as f:
+                pickle.dump(entry, f)
+    with open(d / py["meta"]["filename"], "wb") as f:
+        pickle.dump({py["meta"]["key"]: [str(i) for i in range(py["classes"])]}, f)
+    return d
+
+
+def random_split(n: int, num_classes: int = 10, seed: int = 0) -> Split:
+    """`n` random images with random labels: the content of small test fixtures."""
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
+                 rng.integers(0, num_classes, size=n).astype(np.int64))

@@ -1,0 +1,200 @@
+"""The run directory: provenance, metrics (console, JSONL, W&B from one place), atomic checkpoints.
+
+Layout of `run.dir`:
+  config.yaml         the resolved config
+  provenance.json     git SHA, library versions, devices, world size, command line, host, start time
+  metrics.jsonl       one JSON object per line: kind "step" rows at run.log_every, kind "epoch" rows
+  summary.json        the final numbers (test_acc, val_acc, wall_s, train_images_per_s, ...)
+  checkpoints/        step-NNNNNNN/ (accelerate save_state folders) and `latest`, a one-line pointer
+  wandb/              the W&B run (offline unless a W&B key is configured)
+
+Checkpoints are written to a hidden temporary folder, marked COMPLETE, renamed into place, and only then
+is `latest` replaced (write + os.replace): a kill at any moment leaves the previous checkpoint and
+`latest` intact. Only the main process writes files here, except accelerate's per-rank RNG states.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_run_dir(model: str) -> str:
+    return str(Path("runs") / f"{model}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}")
+
+
+def git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "accelerate", "wandb", "numpy", "nvidia-dali-cuda130", "harness"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    out["cuda"] = torch.version.cuda
+    out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return out
+
+
+def device_names() -> list[str]:
+    if torch.cuda.is_available():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"]
+
+
+def provenance(world_size: int, device: torch.device) -> dict:
+    return {
+        "git_sha": git_sha(),
+        "versions": library_versions(),
+        "devices": device_names(),
+        "device": str(device),
+        "world_size": world_size,
+        "command": [sys.executable] + sys.argv,
+        "launcher_env": {k: v for k, v in os.environ.items()
+                         if k.startswith(("ACCELERATE_", "SLURM_JOB", "SLURM_NNODES", "WORLD_SIZE", "MASTER_ADDR"))},
+        "host": socket.gethostname(),
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+class Checkpoints:
+    """Atomic accelerate checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
+
+    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
+        self.dir = run_dir / "checkpoints"
+        self.acc = accelerator
+        self.keep = max(1, keep)
+
+    def _complete(self, path: Path) -> bool:
+        return (path / "COMPLETE").is_file()
+
+    def latest(self) -> Path | None:
+        """The checkpoint `latest` names if it is complete, else the newest complete one, else None."""
+        pointer = self.dir / "latest"
+        if pointer.is_file():
+            p = self.dir / pointer.read_text().strip()
+            if self._complete(p):
+                return p
+        done = sorted(p for p in self.dir.glob("step-*") if self._complete(p))
+        return done[-1] if done else None
+
+    def save(self, step: int) -> Path:
+        acc = self.acc
+        final = self.dir / f"step-{step:09d}"
+        tmp = self.dir / f".tmp-step-{step:09d}"
+        if acc.is_main_process:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # model, optimizer, RNG states per rank, registered objects
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "COMPLETE").write_text(f"{step}\n")
+            if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            ptmp = self.dir / ".latest.tmp"
+            ptmp.write_text(final.name + "\n")
+            os.replace(ptmp, self.dir / "latest")
+            for old in sorted(p for p in self.dir.glob("step-*") if p != final)[: -self.keep + 1 or None]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+
+def resolve_resume(resume: str, checkpoints: Checkpoints) -> Path | None:
+    """train.resume: "" -> None; "auto" -> latest complete checkpoint or None; a path -> that path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return checkpoints.latest()
+    p = Path(resume)
+    if not (p / "COMPLETE").is_file():
+        raise UserError(f"train.resume={resume}: not a complete checkpoint folder (no COMPLETE marker). "
+                        f"Use train.resume=auto to take the latest one in run.dir, or name a "
+                        f"checkpoints/step-* folder.")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# tracking
+
+
+def wandb_mode() -> str:
+    """online only when a key is configured; nothing may need a login or a network."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class Tracker:
+    """Rank-0 I/O: metrics.jsonl, W&B (through accelerate's trackers), console lines."""
+
+    def __init__(self, run_dir: Path, accelerator, use_wandb: bool):
+        self.acc = accelerator
+        self.main = accelerator.is_main_process
+        self.path = run_dir / "metrics.jsonl"
+        self.use_wandb = use_wandb
+        self._file = open(self.path, "a") if self.main else None
+
+    def log(self, row: dict) -> None:
+        if not self.main:
+            return
+        self._file.write(json.dumps(row, default=float) + "\n")
+        self._file.flush()
+        if self.use_wandb:
+            kind = row.get("kind", "step")
+            self.acc.log({f"{kind}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"},
+                         step=int(row["step"]))
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()

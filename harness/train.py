@@ -1,0 +1,481 @@
+"""Train a zoo model on CIFAR: `accelerate launch harness/train.py [--config configs/X.yaml] [key=value ...]`.
+
+Also `python -m harness.train ...` (one process). With no arguments: resnet18 on CIFAR-10 with the seeds'
+recipe (SGD 0.1 momentum 0.9 wd 5e-4 at batch 128, cosine, crop+flip, 20 epochs), bf16, channels_last,
+torch.compile. `--help` lists every key.
+
+main() reads top to bottom: config -> accelerator -> data -> model -> compile/prepare -> loop -> report.
+Accelerate owns distribution (DDP over any number of processes and nodes), mixed precision (bf16 autocast,
+no grad scaler) and compilation (its dynamo plugin compiles the DDP-wrapped model). The loop itself is
+plain PyTorch: a pure `lr_at(step)`, `.item()` only at log intervals, evaluation outside the timed region.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: put the repo root, not harness/, first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import torch
+import torch.nn.functional as F
+
+from harness import config as C
+from harness.data.cifar import Dataset, Split, load_dataset, random_split
+from harness.data.loaders import Augment, build_loader, resolve_backend
+from harness.errors import UserError
+from harness.run import Checkpoints, Tracker, default_run_dir, peak_memory_mb, provenance, resolve_resume, \
+    wandb_mode, write_json
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
+    """Learning rate for optimiser step `step` (0-based) of `total`: linear warm-up, then the schedule."""
+    if schedule == "onecycle" and warmup == 0:
+        warmup = int(0.3 * total)  # the rising third of a one-cycle/triangular schedule
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    floor = peak * min_ratio
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule in ("linear", "onecycle"):
+        return peak - (peak - floor) * t
+    return peak  # constant
+
+
+def scaled_lr(cfg: C.Config) -> float:
+    """optim.lr is the rate at optim.ref_batch_size; this is the rate at the effective global batch."""
+    ratio = cfg.train.batch_size * cfg.train.grad_accum / cfg.optim.ref_batch_size
+    return cfg.optim.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.optim.lr_scaling]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.no_wd_norm_bias:  # norm scales and biases are 1-D: decaying them only fights the norm
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, num_classes: int, tta_flip: bool = False) -> dict:
+    """Exact accuracy over all ranks: per-class correct and total summed across processes; padding
+    (label -1) is never counted, so no sample is dropped or counted twice."""
+    was_training = model.training
+    model.eval()
+    dev = accelerator.device
+    correct = torch.zeros(num_classes, device=dev, dtype=torch.float64)
+    total = torch.zeros(num_classes, device=dev, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = model(x)
+            if tta_flip:
+                logits = logits + model(x.flip(3))
+        logits = logits.float()
+        valid = (y >= 0).double()
+        onehot = F.one_hot(y.clamp(min=0), num_classes).double() * valid[:, None]
+        total += onehot.sum(0)
+        correct += (onehot * (logits.argmax(1) == y).double()[:, None]).sum(0)
+        loss_sum += F.cross_entropy(logits / (2 if tta_flip else 1), y, ignore_index=-1, reduction="sum").double()
+    correct, total, loss_sum = (accelerator.reduce(t, "sum") for t in (correct, total, loss_sum))
+    model.train(was_training)
+    n = total.sum().item()
+    return {"acc": correct.sum().item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": int(n),
+            "per_class": (correct / total.clamp(min=1)).tolist()}
+
+
+class TrainState:
+    """Loop position and results so far; saved in every checkpoint (accelerate custom object)."""
+
+    def __init__(self):
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.best_val, self.best_epoch, self.test_at_best = -1.0, -1, None
+        self.train_s, self.time_to_target_s, self.epoch_rates = 0.0, None, []
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+class StopSignal:
+    """SIGTERM/SIGUSR1 (cluster preemption) ask for a checkpoint and a clean exit after this step."""
+
+    def __init__(self):
+        self.signum = 0
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self, accelerator) -> int:
+        """All ranks stop at the same step: a signal seen by any rank stops every rank."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([1.0 if self.signum else 0.0], device=accelerator.device)
+        return (self.signum or signal.SIGTERM) if accelerator.reduce(flag, "sum").item() > 0 else 0
+
+
+def load_data(cfg: C.Config, accelerator) -> Dataset:
+    if cfg.data.backend == "synthetic":  # no files: random images, for benchmarks
+        n = cfg.data.synthetic_size
+        k = 10 if cfg.data.dataset == "cifar10" else 100
+        return Dataset(cfg.data.dataset, random_split(n, k, cfg.run.seed), random_split(1000, k, cfg.run.seed + 1),
+                       k, [str(i) for i in range(k)], "synthetic")
+    with accelerator.main_process_first():  # rank 0 downloads if needed; the others then read its files
+        return load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.format, cfg.data.verify, cfg.data.download)
+
+
+def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Split | None]:
+    """data.limit_train keeps the first N training images; data.val_size holds out the last N of those."""
+    n = len(ds.train) if limit <= 0 else min(limit, len(ds.train))
+    if val_size >= n:
+        raise UserError(f"data.val_size={val_size} leaves no training images out of {n}; lower it.")
+    cut = n - val_size
+    train = Split(ds.train.images[:cut], ds.train.labels[:cut])
+    val = Split(ds.train.images[cut:n], ds.train.labels[cut:n]) if val_size > 0 else None
+    return train, val
+
+
+def check_config(cfg: C.Config, world: int) -> None:
+    t = cfg.train
+    for key, v in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                   ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", cfg.run.log_every)):
+        if v < 1:
+            raise C.ConfigError(f"{key}={v}: must be at least 1")
+    if t.batch_size % world:
+        raise C.ConfigError(f"train.batch_size={t.batch_size} does not divide across {world} processes; use a "
+                            f"multiple of {world}, e.g. train.batch_size={max(world, t.batch_size // world * world)}")
+    if not 0.0 <= t.target_acc <= 1.0:
+        raise C.ConfigError(f"train.target_acc={t.target_acc}: a fraction in [0, 1] (e.g. 0.94), 0 for off")
+    if not 0.0 <= t.ema < 1.0:
+        raise C.ConfigError(f"train.ema={t.ema}: an EMA decay in [0, 1) such as 0.999, 0 for off")
+    if cfg.optim.lr <= 0:
+        raise C.ConfigError(f"optim.lr={cfg.optim.lr}: must be positive")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # ---- config ------------------------------------------------------------------------------------
+    cfg = C.parse_args(C.Config, argv, prog="harness.train")
+    from accelerate import Accelerator
+    from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, set_seed
+
+    from harness.models import create_model, model_facts
+
+    # ---- accelerator: one owner for precision and compilation (the config), topology from the launcher
+    dynamo = TorchDynamoPlugin(backend="inductor" if cfg.train.compile else "no",
+                               mode=cfg.train.compile_mode if cfg.train.compile else None)
+    # cpu=True on a machine without CUDA: under a multi-process launcher accelerate then forms a gloo
+    # process group (without it, each process silently trains alone as world size 1)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
+                              cpu=not torch.cuda.is_available(), dynamo_plugin=dynamo,
+                              log_with="wandb" if cfg.run.wandb else None)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    main_proc = accelerator.is_main_process
+    check_config(cfg, world)
+    run_dir = [cfg.run.dir or default_run_dir(cfg.model.name)]
+    broadcast_object_list(run_dir)  # one directory for all ranks, even when rank clocks differ
+    cfg.run.dir = run_dir = run_dir[0]
+    run_dir = Path(run_dir)
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(C.to_yaml(cfg))
+        write_json(run_dir / "provenance.json", provenance(world, device))
+    set_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
+
+    # ---- data ----------------------------------------------------------------------------------------
+    ds = load_data(cfg, accelerator)
+    num_classes = cfg.model.num_classes or ds.num_classes
+    train_split, val_split = split_train_val(ds, cfg.data.limit_train, cfg.data.val_size)
+    backend = resolve_backend(cfg.data.backend, device)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    common = dict(rank=rank, world=world, seed=cfg.run.seed, device=device, dtype=dtype,
+                  channels_last=cfg.train.channels_last)
+    augment = Augment(enabled=cfg.data.augment, padding=cfg.data.crop_padding, flip=cfg.data.flip,
+                      cutout=cfg.data.cutout)
+    per_rank_batch = cfg.train.batch_size // world
+    train_loader = build_loader(backend, train_split.images, train_split.labels, per_rank_batch, train=True,
+                                drop_last=cfg.data.drop_last, augment=augment, num_classes=num_classes,
+                                synthetic_size=cfg.data.synthetic_size, prefetch=cfg.data.prefetch, **common)
+    eval_backend = "torch" if backend == "synthetic" else backend
+    eval_batch = max(1, cfg.train.eval_batch_size // world)
+    eval_loaders = {name: build_loader(eval_backend, s.images, s.labels, eval_batch, train=False, **common)
+                    for name, s in (("val", val_split), ("test", ds.test)) if s is not None}
+
+    # ---- model, optimiser ------------------------------------------------------------------------
+    model = create_model(cfg.model.name, num_classes=num_classes)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    peak_lr = scaled_lr(cfg)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    ema = None
+    if cfg.train.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        ema.to(device)
+
+    # ---- compile + DDP (accelerate wraps DDP first, then compiles) --------------------------------------
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    checkpoints = Checkpoints(run_dir, accelerator, keep=cfg.run.keep_checkpoints)
+    resume_from = resolve_resume(cfg.train.resume, checkpoints)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))  # weights, optimiser, RNG states, TrainState, EMA
+        accelerator.print(f"resumed from {resume_from} at epoch {state.epoch + 1}, batch {state.batch}, "
+                          f"step {state.step}")
+    if cfg.run.wandb:
+        os.environ.setdefault("WANDB_MODE", wandb_mode())
+        accelerator.init_trackers(cfg.run.wandb_project, config=C.to_dict(cfg), init_kwargs={"wandb": {
+            "dir": str(run_dir), "name": cfg.run.name or run_dir.name, "group": cfg.run.wandb_group or None}})
+    tracker = Tracker(run_dir, accelerator, use_wandb=cfg.run.wandb)
+
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    global_batch = per_rank_batch * world
+    facts = model_facts(cfg.model.name, num_classes) if main_proc else {}
+    if main_proc:
+        accelerator.print(
+            f"{cfg.model.name}: {facts['params'] / 1e6:.2f}M params, {facts['gflops']:.3f} GFLOPs/image | "
+            f"{ds.name} {len(train_split)} train / {len(val_split) if val_split else 0} val / {len(ds.test)} test "
+            f"from {ds.source} | backend {backend} | {world} x {device.type} | global batch {global_batch} x "
+            f"{cfg.train.grad_accum} accum | lr {peak_lr:.4g} ({cfg.optim.lr_scaling} from {cfg.optim.lr} @ "
+            f"{cfg.optim.ref_batch_size}) | {cfg.train.precision} channels_last={cfg.train.channels_last} "
+            f"compile={cfg.train.compile} | run dir {run_dir}")
+
+    # ---- loop ------------------------------------------------------------------------------------------
+    stop = StopSignal()
+    stop_signal, results, saved_step = 0, {}, -1
+    progress = None
+    if main_proc and cfg.run.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    say = progress.write if progress else accelerator.print
+    if main_proc:
+        say(f"{'epoch':>5} {'step':>7} {'loss':>7} {'train':>6} {'val':>6} {'test':>6} {'lr':>8} {'img/s':>9} "
+            f"{'epoch_s':>7}")
+    start_wall = time.perf_counter()
+    interval, epoch_meter = Meter(device), Meter(device)
+    lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+    model.train()
+    try:
+        while state.epoch < cfg.train.epochs and state.step < total_steps:
+            train_loader.set_epoch(state.epoch)
+            train_loader.load_state_dict({"epoch": state.epoch, "batch": state.batch})
+            first_batch = state.batch
+            epoch_meter.reset()
+            epoch_t0 = last_t = time.perf_counter()
+            last_step, data_s = state.step, 0.0
+            batches = iter(train_loader)
+            while True:
+                t_data = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = batch
+                data_s += time.perf_counter() - t_data  # host time to produce the batch
+                sync = (state.batch + 1) % cfg.train.grad_accum == 0 or state.batch + 1 == len(train_loader)
+                # micro-batches before the last of an accumulation skip DDP's gradient all-reduce
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
+                    accelerator.backward(loss / cfg.train.grad_accum)
+                interval.add(loss, logits, y)
+                epoch_meter.add(loss, logits, y)
+                state.batch += 1
+                if not sync:
+                    continue
+                lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                if cfg.train.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update_parameters(accelerator.unwrap_model(model))
+                state.step += 1
+                if progress:
+                    progress.update(1)
+                if state.step % cfg.run.log_every == 0 or state.step == total_steps:
+                    loss_mean, acc, seen = interval.read(accelerator)  # the interval's one host sync
+                    if not math.isfinite(loss_mean):
+                        raise _nan_error(cfg, state, lr, checkpoints)
+                    dt_s, steps = time.perf_counter() - last_t, state.step - last_step
+                    row = {"kind": "step", "step": state.step, "epoch": state.epoch + state.batch / len(train_loader),
+                           "loss": loss_mean, "train_acc": acc, "lr": lr,
+                           "images_per_s": seen / dt_s, "images_per_s_per_device": seen / world / dt_s,
+                           "step_ms": 1000 * dt_s / steps, "data_ms": 1000 * data_s / steps,
+                           "peak_mem_mb": peak_memory_mb(device), "time_s": time.perf_counter() - start_wall}
+                    tracker.log(row)
+                    if progress:
+                        progress.set_postfix(loss=f"{loss_mean:.3f}", img_s=f"{row['images_per_s']:.0f}")
+                    interval.reset()
+                    last_step, last_t, data_s = state.step, time.perf_counter(), 0.0
+                if state.step % 10 == 0 or world == 1:  # multi-process: agree on the stop every 10 steps
+                    stop_signal = stop.agreed(accelerator)
+                if stop_signal or state.step >= total_steps:
+                    break
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the epoch's clock stops when its GPU work is done
+            epoch_s = time.perf_counter() - epoch_t0
+            state.train_s += epoch_s
+            loss_mean, train_acc, seen = epoch_meter.read(accelerator)
+            if seen and not math.isfinite(loss_mean):
+                raise _nan_error(cfg, state, lr, checkpoints)
+            epoch_done = state.batch >= len(train_loader)
+            if epoch_done:
+                state.epoch_rates.append((state.batch - first_batch) * global_batch / epoch_s)
+                state.epoch, state.batch = state.epoch + 1, 0
+            finished = state.epoch >= cfg.train.epochs or state.step >= total_steps
+            if stop_signal and not epoch_done:
+                break
+            if finished or state.epoch % cfg.train.eval_every == 0:
+                results = _evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
+                _record_epoch(state, results, cfg, tracker, say, lr, loss_mean, train_acc, epoch_s,
+                              state.epoch_rates[-1] if epoch_done else None)
+            if finished or (cfg.run.checkpoint_every and state.epoch % cfg.run.checkpoint_every == 0):
+                checkpoints.save(state.step)
+                saved_step = state.step
+            if stop_signal:
+                break
+            if cfg.train.target_acc and state.time_to_target_s is not None:
+                say(f"target accuracy {cfg.train.target_acc} reached after {state.time_to_target_s:.1f} s of "
+                    f"training: stopping")
+                break
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"out of memory on {device} with {per_rank_batch} images per process ({cfg.model.name}, "
+            f"{cfg.train.precision}). Lower train.batch_size (now {cfg.train.batch_size}) and raise "
+            f"train.grad_accum to keep the effective batch. Checkpoints in {checkpoints.dir} are intact.") from None
+    finally:
+        if progress:
+            progress.close()
+
+    if stop_signal:
+        path = checkpoints.save(state.step) if saved_step != state.step else checkpoints.latest()
+        say(f"stopped by signal {stop_signal} at epoch {state.epoch + 1}, batch {state.batch}: checkpoint {path}. "
+            f"Resume with: train.resume=auto run.dir={run_dir}")
+        tracker.close()
+        accelerator.end_training()
+        raise SystemExit(128 + stop_signal)
+
+    # ---- report --------------------------------------------------------------------------------------
+    if not results:  # resumed a finished run: evaluate once more for the summary
+        results = _evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
+    wall_s = time.perf_counter() - start_wall
+    # DDP's invariant, recorded in the summary: every rank ends with the same weights
+    checksum = sum(p.detach().double().sum() + p.detach().double().square().sum() for p in model.parameters())
+    checksums = accelerator.gather(checksum.reshape(1).to(device)).tolist()
+    rates = state.epoch_rates[1:] or state.epoch_rates  # epoch 1 holds compilation and autotuning
+    summary = {
+        "model": cfg.model.name, "dataset": ds.name, "params": facts.get("params"), "gflops": facts.get("gflops"),
+        "test_acc": results["test"]["acc"], "test_images": results["test"]["n"],
+        "val_acc": results["val"]["acc"] if "val" in results else None,
+        "best_val_acc": state.best_val if state.best_val >= 0 else None,
+        "best_val_epoch": state.best_epoch if state.best_epoch >= 0 else None,
+        "test_acc_at_best_val": state.test_at_best,
+        "per_class_test_acc": dict(zip(ds.classes, results["test"]["per_class"])),
+        "wall_s": wall_s, "train_s": state.train_s,
+        "train_images_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+        "train_images_per_s_per_device": (sorted(rates)[len(rates) // 2] / world) if rates else None,
+        "world_size": world, "epochs": state.epoch, "steps": state.step, "global_batch": global_batch,
+        "target_acc": cfg.train.target_acc or None, "time_to_target_s": state.time_to_target_s,
+        "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
+        "backend": backend, "device": provenance(world, device)["devices"][0], "peak_mem_mb": peak_memory_mb(device),
+        "param_checksums": checksums,
+    }
+    if main_proc:
+        write_json(run_dir / "summary.json", summary)
+        say(f"test accuracy {summary['test_acc']:.4f}"
+            + (f" | val {summary['val_acc']:.4f}" if summary["val_acc"] is not None else "")
+            + f" | {summary['train_images_per_s'] or 0:.0f} img/s | wall {wall_s:.1f} s | {run_dir / 'summary.json'}")
+        per_class = "  ".join(f"{c}:{a:.3f}" for c, a in list(summary["per_class_test_acc"].items())[:20])
+        say(f"per-class test accuracy: {per_class}")
+    tracker.close()
+    accelerator.end_training()
+    return summary
+
+
+class Meter:
+    """Running loss and accuracy kept on the device; `read()` is the only host sync."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
+        self.batches = 0
+
+    def add(self, loss, logits, y) -> None:
+        self.sums += torch.stack([loss.detach().double() * len(y), (logits.detach().argmax(1) == y).sum().double(),
+                                  torch.tensor(float(len(y)), device=y.device, dtype=torch.float64)])
+        self.batches += 1
+
+    def read(self, accelerator) -> tuple[float, float, int]:
+        """Loss, accuracy and sample count summed over all ranks (a collective: call on every rank)."""
+        loss, correct, n = accelerator.reduce(self.sums.clone(), "sum").tolist()
+        return (loss / n, correct / n, int(n)) if n else (0.0, 0.0, 0)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.batches = 0
+
+
+def _evaluate_all(model, ema, loaders, accelerator, num_classes, cfg) -> dict:
+    """Evaluate the EMA weights when EMA is on (they are the ones the run reports), else the model."""
+    net = ema.module if ema is not None else model
+    return {name: evaluate(net, loader, accelerator, num_classes, cfg.train.tta_flip) for name, loader in loaders.items()}
+
+
+def _record_epoch(state, results, cfg, tracker, say, lr, train_loss, train_acc, epoch_s, images_per_s) -> None:
+    val, test = results.get("val"), results["test"]
+    if val is not None and val["acc"] > state.best_val:  # model selection on validation, never on test
+        state.best_val, state.best_epoch, state.test_at_best = val["acc"], state.epoch, test["acc"]
+    chosen = val or test
+    if cfg.train.target_acc and state.time_to_target_s is None and chosen["acc"] >= cfg.train.target_acc:
+        state.time_to_target_s = state.train_s  # training time only: evaluation is outside the clock
+    row = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "train_loss": train_loss,
+           "train_acc": train_acc, "test_acc": test["acc"], "test_loss": test["loss"], "lr": lr,
+           "epoch_s": epoch_s, "images_per_s": images_per_s, "train_s": state.train_s}
+    if val is not None:
+        row.update(val_acc=val["acc"], val_loss=val["loss"])
+    tracker.log(row)
+    fmt = lambda v: f"{v:6.4f}" if v is not None else "     -"  # noqa: E731
+    say(f"{state.epoch:>5} {state.step:>7} {train_loss:7.4f} {fmt(train_acc)} {fmt(val and val['acc'])} "
+        f"{fmt(test['acc'])} {lr:8.5f} {images_per_s or 0:9.0f} {epoch_s:7.1f}")
+
+
+def _nan_error(cfg, state, lr, checkpoints) -> UserError:
+    last = checkpoints.latest()
+    return UserError(
+        f"the training loss became NaN or infinite by step {state.step} (lr {lr:.4g}). Lower optim.lr (now "
+        f"{cfg.optim.lr}), add warm-up (optim.warmup_epochs=1) or clipping (train.grad_clip=1.0), or use "
+        f"train.precision=fp32. No checkpoint was written after it; "
+        + (f"the last good one is {last} (train.resume=auto continues from it)." if last else "there is none yet."))
+
+
+def cli() -> None:
+    C.run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
