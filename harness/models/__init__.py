@@ -1,0 +1,31 @@
+"""Model zoo: CNNs for 32x32 CIFAR images rebuilt from the seed notebooks, by registry name.
+
+    from harness.models import create_model, list_models
+    model = create_model("resnet18", num_classes=100)
+
+`python -m harness.models [pattern]` prints every model with its parameters, forward GFLOPs and seed.
+"""
+
+# Importing the family modules registers their factories.
+from . import convnext, densenet, efficientnet, inception, lenet, mobilenet, resnet, vgg  # noqa: F401
+from .registry import (
+    UnknownModelError,
+    count_params,
+    create_model,
+    forward_flops,
+    list_models,
+    model_facts,
+    model_source,
+    register_model,
+)
+
+__all__ = [
+    "UnknownModelError",
+    "count_params",
+    "create_model",
+    "forward_flops",
+    "list_models",
+    "model_facts",
+    "model_source",
+    "register_model",
+]
