@@ -35,5 +35,6 @@ quickstart: data
 train: data
 	$(BIN)/accelerate launch harness/train.py
 
+# one thread per worker: two xdist workers fill the 2 cores; more threads only spin against each other
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)

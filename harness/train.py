@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
         (run_dir / "config.yaml").write_text(C.to_yaml(cfg))
         write_json(run_dir / "provenance.json", provenance(world, device))
     set_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    # fixed 32x32 shapes: let cuDNN pick the fastest convolution algorithms once, at the first steps
+    torch.backends.cudnn.benchmark = True
 
     # ---- data ----------------------------------------------------------------------------------------
     ds = load_data(cfg, accelerator)
