@@ -1,0 +1,418 @@
+"""Reports: the architecture comparison and the scaling study, from run directories (or from W&B).
+
+    python -m harness.report <runs dir> --out <dir> [--wandb-project P [--wandb-group G]]
+
+Every run directory under <runs dir> is read (a folder holding summary.json, config.yaml,
+metrics.jsonl, provenance.json or a sweep's launch.log; checkpoints/ and wandb/ are not searched).
+A run with summary.json is complete; one without (crashed, stopped or still running) is listed as
+incomplete with how far it got, never silently dropped. Offline this needs nothing but the files;
+`--wandb-project` reads runs from W&B instead (or as well) and says so clearly when W&B is unreachable.
+
+Written to --out:
+  report.md              architecture table, scaling table (when world sizes differ), incomplete runs, plots
+  runs.csv               one row per run, every number the tables use
+  scaling.csv            when present: images/s, efficiency and time-to-target per process count
+  accuracy_curves.png    test accuracy per epoch (metrics.jsonl epoch rows), one line per run
+  params_vs_accuracy.png parameters (log scale) against final test accuracy
+  scaling.png            images/s against processes with the linear ideal, and efficiency
+
+The seeds' summary table, done right: "final" is the last evaluated epoch; "best" is the highest test
+accuracy over epochs, which is chosen on the test set and therefore optimistic (it is labelled so);
+"test @ best val" is the honest pick (needs data.val_size > 0). Time is training time (evaluation
+excluded, as harness.train measures it) beside wall time; images/s is the run's median epoch rate
+after the first (compilation) epoch. Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import statistics
+from pathlib import Path
+
+import yaml
+
+from harness import config as C
+from harness.errors import UserError
+
+RUN_MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "provenance.json", "launch.log")
+CSV_COLUMNS = ["name", "status", "model", "dataset", "params", "gflops", "world_size", "global_batch",
+               "final_test_acc", "best_test_acc", "best_test_epoch", "test_acc_at_best_val", "best_val_acc",
+               "epochs_done", "epochs_planned", "train_s", "wall_s", "images_per_s", "images_per_s_per_device",
+               "target_acc", "time_to_target_s", "precision", "compile", "device", "source"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading runs
+
+
+def find_runs(root: Path) -> list[Path]:
+    if any((root / m).exists() for m in RUN_MARKERS):
+        return [root]
+    found = []
+    for path, dirs, files in os.walk(root):
+        if any(m in files for m in RUN_MARKERS):
+            found.append(Path(path))
+            dirs.clear()  # a run's own checkpoints/ and wandb/ hold no runs
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # the last line of a run killed mid-write
+    return rows
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def curve_facts(epochs: list[dict]) -> dict:
+    """Best test accuracy over epoch rows (and its epoch), the last one, and the curve itself."""
+    by_epoch = {row["epoch"]: row for row in epochs if row.get("test_acc") is not None}  # a resume may repeat one
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    best = max(rows, key=lambda r: r["test_acc"], default=None)
+    return {"curve": [(r["epoch"], r["test_acc"]) for r in rows],
+            "best_test_acc": best["test_acc"] if best else None, "best_test_epoch": best["epoch"] if best else None,
+            "last_test_acc": rows[-1]["test_acc"] if rows else None, "epochs_done": len(rows)}
+
+
+def read_run(path: Path, root: Path) -> dict:
+    summary = _json(path / "summary.json")
+    prov = _json(path / "provenance.json")
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    except yaml.YAMLError:
+        cfg = {}
+    cfg = cfg or {}
+    curve = curve_facts([r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") == "epoch"])
+    rel = path.relative_to(root).as_posix() if path != root else path.name
+    rec = {
+        "name": rel, "source": str(path), "status": "complete" if summary else "incomplete",
+        "model": summary.get("model") or cfg.get("model", {}).get("name"),
+        "dataset": summary.get("dataset") or cfg.get("data", {}).get("dataset"),
+        "params": summary.get("params"), "gflops": summary.get("gflops"),
+        "world_size": summary.get("world_size") or prov.get("world_size"),
+        "global_batch": summary.get("global_batch"),
+        "final_test_acc": summary.get("test_acc"),
+        "test_acc_at_best_val": summary.get("test_acc_at_best_val"), "best_val_acc": summary.get("best_val_acc"),
+        "epochs_planned": cfg.get("train", {}).get("epochs"),
+        "train_s": summary.get("train_s"), "wall_s": summary.get("wall_s"),
+        "images_per_s": summary.get("train_images_per_s"),
+        "images_per_s_per_device": summary.get("train_images_per_s_per_device"),
+        "target_acc": summary.get("target_acc"), "time_to_target_s": summary.get("time_to_target_s"),
+        "precision": summary.get("precision") or cfg.get("train", {}).get("precision"),
+        "compile": summary.get("compile"), "device": summary.get("device") or (prov.get("devices") or [None])[0],
+        **curve,
+    }
+    if summary and rec["best_test_acc"] is None:
+        rec["best_test_acc"] = rec["final_test_acc"]
+    if not summary:
+        latest = path / "checkpoints" / "latest"
+        resume = (f"checkpoint {latest.read_text().strip()}: continue with train.resume=auto run.dir={path}"
+                  if latest.is_file() else "no checkpoint")
+        planned = rec["epochs_planned"] or "?"
+        rec["status"] = f"incomplete (crashed, stopped or running): {curve['epochs_done']}/{planned} epochs, {resume}"
+    return rec
+
+
+def wandb_records(project: str, group: str | None) -> list[dict]:
+    """Runs of a W&B project (optionally one group, e.g. a sweep) as report records."""
+    from harness.run import wandb_mode
+
+    hint = "The report works offline from run directories: python -m harness.report runs/ --out report/"
+    if wandb_mode() != "online":
+        raise UserError(f"W&B is offline here (no WANDB_API_KEY, no api.wandb.ai entry in ~/.netrc, or "
+                        f"WANDB_MODE={os.environ.get('WANDB_MODE', '')}): cannot read project {project}. {hint}")
+    try:
+        import wandb
+
+        runs = list(wandb.Api(timeout=30).runs(project, filters={"group": group} if group else None))
+    except Exception as e:  # any failure here means the same thing to the user: W&B could not be read
+        raise UserError(f"cannot read W&B project {project}: W&B is unreachable or refused "
+                        f"({type(e).__name__}: {str(e)[:200]}). {hint}") from None
+    return [record_from_wandb(r, project) for r in runs]
+
+
+def record_from_wandb(run, project: str) -> dict:
+    """The same record as read_run, from what harness.train logs to W&B: `epoch/<key>` and `step/<key>`
+    rows (Tracker), the nested config, the run state. World size = step images/s over images/s per device."""
+    from harness.models import model_facts
+
+    cfg = dict(run.config)
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    rows = list(run.scan_history())
+    epochs = [{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("epoch/")} for r in rows
+              if r.get("epoch/test_acc") is not None]
+    steps = [r for r in rows if r.get("step/images_per_s_per_device")]
+    curve = curve_facts(epochs)
+    model = section("model").get("name")
+    dataset = section("data").get("dataset", "cifar10")
+    facts = model_facts(model, 100 if dataset == "cifar100" else 10) if model else {}
+    world = round(steps[-1]["step/images_per_s"] / steps[-1]["step/images_per_s_per_device"]) if steps else None
+    rates = [e["images_per_s"] for e in epochs if e.get("images_per_s")]
+    rates = rates[1:] or rates  # epoch 1 holds compilation, as in summary.json
+    ips = statistics.median(rates) if rates else None
+    target = section("train").get("target_acc") or None
+    hit = next((e for e in epochs if target and (e.get("val_acc", e["test_acc"]) >= target)), None)
+    done = run.state == "finished"
+    return {
+        "name": run.name, "source": f"wandb:{project}/{run.id}",
+        "status": "complete" if done else f"incomplete (W&B state {run.state}): {curve['epochs_done']} epochs",
+        "model": model, "dataset": dataset, "params": facts.get("params"), "gflops": facts.get("gflops"),
+        "world_size": world, "global_batch": section("train").get("batch_size"),
+        "final_test_acc": curve["last_test_acc"] if done else None, "test_acc_at_best_val": None,
+        "best_val_acc": max((e["val_acc"] for e in epochs if e.get("val_acc") is not None), default=None),
+        "epochs_planned": section("train").get("epochs"),
+        "train_s": epochs[-1].get("train_s") if epochs else None, "wall_s": run.summary.get("_runtime"),
+        "images_per_s": ips, "images_per_s_per_device": ips / world if ips and world else None,
+        "target_acc": target, "time_to_target_s": hit.get("train_s") if hit else None,
+        "precision": section("train").get("precision"), "compile": section("train").get("compile"),
+        "device": None, **curve,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables
+
+
+def fmt_time(s) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def num(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def architecture_table(records: list[dict]) -> str:
+    done = sorted((r for r in records if r["status"] == "complete"), key=lambda r: -(r["final_test_acc"] or 0))
+    rows = [[r["model"], num(r["params"] and r["params"] / 1e6, ".2f"), num(r["gflops"], ".3f"),
+             pct(r["final_test_acc"]),
+             f"{pct(r['best_test_acc'])} (ep {r['best_test_epoch']})" if r["best_test_epoch"] else pct(r["best_test_acc"]),
+             pct(r["test_acc_at_best_val"]), fmt_time(r["train_s"]), fmt_time(r["wall_s"]),
+             num(r["images_per_s"], ",.0f"), r["world_size"] or "-", r["name"]] for r in done]
+    return markdown_table(["model", "params (M)", "GFLOPs/img", "final test acc", "best test acc (epoch)",
+                           "test acc @ best val", "train time", "wall time", "images/s", "processes", "run"], rows)
+
+
+def scaling_rows(records: list[dict]) -> list[dict]:
+    """Complete runs grouped by (model, per-process batch, precision, device); groups with more than one
+    world size become rows per world size: median images/s over repeats, speed-up and efficiency against
+    the smallest world size in the group (normally 1)."""
+    groups: dict[tuple, dict[int, list[dict]]] = {}
+    for r in records:
+        if r["status"] != "complete" or not r["world_size"] or not r["images_per_s"]:
+            continue
+        per_proc = r["global_batch"] // r["world_size"] if r["global_batch"] else None
+        key = (r["model"], per_proc, r["precision"], r["device"])
+        groups.setdefault(key, {}).setdefault(int(r["world_size"]), []).append(r)
+    rows = []
+    for (model, per_proc, precision, device), by_n in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len(by_n) < 2:
+            continue
+        base_n = min(by_n)
+        base_ips = statistics.median(r["images_per_s"] for r in by_n[base_n])
+        for n in sorted(by_n):
+            ips = statistics.median(r["images_per_s"] for r in by_n[n])
+            ttt = [r["time_to_target_s"] for r in by_n[n] if r["time_to_target_s"] is not None]
+            rows.append({"model": model, "batch_per_process": per_proc, "precision": precision, "device": device,
+                         "processes": n, "images_per_s": ips, "images_per_s_per_process": ips / n,
+                         "speedup": ips / base_ips, "efficiency": (ips / n) / (base_ips / base_n),
+                         "baseline_processes": base_n, "time_to_target_s": statistics.median(ttt) if ttt else None,
+                         "runs": ", ".join(r["name"] for r in by_n[n])})
+    return rows
+
+
+def scaling_table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["model", "batch/process", "processes", "images/s", "images/s per process", "speed-up",
+         "efficiency vs linear", "time to target", "device", "runs"],
+        [[r["model"], r["batch_per_process"], r["processes"], f"{r['images_per_s']:,.0f}",
+          f"{r['images_per_s_per_process']:,.0f}", f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.1f}%",
+          fmt_time(r["time_to_target_s"]), r["device"], r["runs"]] for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_accuracy(records: list[dict], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    curves = [r for r in records if r["curve"]]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in curves:
+        epochs, acc = zip(*r["curve"])
+        ax.plot(epochs, [100 * a for a in acc], marker="o" if len(epochs) < 30 else None,
+                linestyle="-" if r["status"] == "complete" else "--", label=r["name"])
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch (dashed: incomplete)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_params(records: list[dict], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    done = [r for r in records if r["status"] == "complete" and r["params"] and r["final_test_acc"] is not None]
+    if not done:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.scatter([r["params"] / 1e6 for r in done], [100 * r["final_test_acc"] for r in done])
+    for r in done:
+        ax.annotate(r["model"], (r["params"] / 1e6, 100 * r["final_test_acc"]), fontsize=8,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel="parameters (millions, log scale)", ylabel="final test accuracy (%)",
+           title="Parameters against accuracy")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1, 10 rather than 10^-1
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.8))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["batch_per_process"], r["precision"], r["device"]), []).append(r)
+    for (model, per_proc, _, _), rs in groups.items():
+        n = [r["processes"] for r in rs]
+        line = ax.plot(n, [r["images_per_s"] for r in rs], marker="o", label=f"{model} ({per_proc}/process)")[0]
+        base = rs[0]
+        ax.plot(n, [base["images_per_s"] * k / base["processes"] for k in n], linestyle=":", color=line.get_color())
+        ax_eff.plot(n, [100 * r["efficiency"] for r in rs], marker="o", color=line.get_color())
+    ax.set(xlabel="processes (GPUs)", ylabel="images/s", title="Throughput (dotted: linear)")
+    ax_eff.set(xlabel="processes (GPUs)", ylabel="efficiency vs linear (%)", title="Scaling efficiency",
+               ylim=(0, max(110, 10 + max(100 * r["efficiency"] for r in rows))))
+    ticks = sorted({r["processes"] for r in rows})
+    for a in (ax, ax_eff):
+        a.set_xscale("log", base=2)
+        a.set_xticks(ticks, [str(t) for t in ticks])
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build_report(records: list[dict], out: Path, source: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+    out.mkdir(parents=True, exist_ok=True)
+    complete = [r for r in records if r["status"] == "complete"]
+    incomplete = [r for r in records if r["status"] != "complete"]
+    scaling = scaling_rows(records)
+    write_csv(out / "runs.csv", records, CSV_COLUMNS)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = ["# Training report\n",
+          f"{len(records)} runs from {source} ({len(complete)} complete, {len(incomplete)} incomplete); "
+          f"generated {now}. Every number is also in [runs.csv](runs.csv).\n",
+          "## Architecture comparison\n",
+          architecture_table(records) if complete else "No complete runs yet.",
+          "\n*final*: test accuracy after the last epoch. *best*: the highest test accuracy over the epochs, "
+          "picked on the test set and so optimistic. *test acc @ best val*: test accuracy at the epoch with the "
+          "best validation accuracy (runs with data.val_size > 0), the honest pick. *train time* excludes "
+          "evaluation; *images/s* is the median epoch rate after the first (compilation) epoch.\n"]
+    devices = sorted({str(r["device"]) for r in complete if r["device"]})
+    if devices:
+        md.append("Devices: " + "; ".join(devices) + ".\n")
+    if scaling:
+        write_csv(out / "scaling.csv", scaling, list(scaling[0]))
+        plot_scaling(scaling, out / "scaling.png")
+        md += ["## Scaling\n", scaling_table(scaling),
+               "\nEfficiency against linear = (images/s at N / N) / (images/s at the baseline / its N), the "
+               "baseline being the smallest process count of the group (normally 1). Runs are grouped by model, "
+               "batch per process, precision and device; repeats at one N are combined by their median.\n",
+               "![scaling](scaling.png)\n"]
+    elif len({r["world_size"] for r in complete}) > 1:
+        md.append("Runs differ in world size, but no model was run at several world sizes with the same batch "
+                  "per process, precision and device, so there is no scaling table (it compares like with like).\n")
+    if incomplete:
+        md += ["## Incomplete runs\n", markdown_table(
+            ["run", "model", "epochs done", "last test acc", "status"],
+            [[r["name"], r["model"] or "-", r["epochs_done"], pct(r["last_test_acc"]), r["status"]]
+             for r in incomplete]), ""]
+    if plot_accuracy(records, out / "accuracy_curves.png"):
+        md += ["## Accuracy curves\n", "![accuracy curves](accuracy_curves.png)\n"]
+    if plot_params(records, out / "params_vs_accuracy.png"):
+        md += ["## Parameters against accuracy\n", "![params vs accuracy](params_vs_accuracy.png)\n"]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="?", help="a folder of run directories (e.g. runs/sweeps/architectures)")
+    ap.add_argument("--out", required=True, help="where report.md, the CSVs and the PNGs go")
+    ap.add_argument("--wandb-project", help="also read runs from this W&B project (ENTITY/PROJECT or PROJECT)")
+    ap.add_argument("--wandb-group", help="only the W&B runs of this group (a sweep's name)")
+    args = ap.parse_args(argv)
+    if not args.runs and not args.wandb_project:
+        raise UserError("name a folder of run directories, or --wandb-project P, or both")
+    records, sources = [], []
+    if args.runs:
+        root = Path(args.runs)
+        if not root.is_dir():
+            raise UserError(f"{root} is not a directory of runs")
+        paths = find_runs(root)
+        if not paths and not args.wandb_project:
+            raise UserError(f"no run directories under {root} (a run directory holds summary.json, config.yaml or "
+                            f"metrics.jsonl)")
+        records += [read_run(p, root) for p in paths]
+        sources.append(str(root))
+    if args.wandb_project:
+        records += wandb_records(args.wandb_project, args.wandb_group)
+        sources.append(f"W&B project {args.wandb_project}" + (f", group {args.wandb_group}" if args.wandb_group else ""))
+    path = build_report(records, Path(args.out), " and ".join(sources))
+    complete = sum(r["status"] == "complete" for r in records)
+    print(f"{path}: {len(records)} runs ({complete} complete, {len(records) - complete} incomplete)")
+
+
+if __name__ == "__main__":
+    C.run_cli(main)

@@ -1,0 +1,208 @@
+"""Sweeps: expansion (grid, random, launch keys, validation), the three launchers' outputs, and the local
+launcher running real tiny runs on the CPU (skipping finished ones, recording failures)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FAST, REPO, make_cifar, run_harness
+from harness import config as C
+from harness import sweep as S
+from harness.errors import UserError
+from harness.models import list_models
+
+SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+def write_sweep(tmp_path: Path, body: dict, name: str = "t") -> Path:
+    body = {"name": name, "out": str(tmp_path / "out"), **body}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def expand(path: Path, cli: list[str] | None = None) -> list[S.Run]:
+    return S.expand(S.load_sweep(path), cli)
+
+
+def test_grid_is_the_cartesian_product_with_readable_unique_names(tmp_path):
+    runs = expand(write_sweep(tmp_path, {"overrides": {"train": {"epochs": 3}},
+                                         "grid": {"model.name": ["simple_cnn", "lenet5"],
+                                                  "optim.lr": [0.1, 0.05], "gpus": [1, 2]}}))
+    assert len(runs) == 8
+    names = [r.name for r in runs]
+    assert len(set(names)) == 8
+    assert names[0] == "simple_cnn-lr0.1-1gpu" and names[-1] == "lenet5-lr0.05-2gpu"
+    for r in runs:
+        assert f"run.dir={tmp_path / 'out' / r.name}" == r.overrides[-1]  # its own directory, last word
+        assert "run.wandb_group=t" in r.overrides and "train.resume=auto" in r.overrides
+        assert "train.epochs=3" in r.overrides  # nested fixed overrides are flattened
+        assert not any(o.startswith("gpus=") for o in r.overrides)  # a launch key, not a config key
+    assert {r.gpus for r in runs} == {1, 2}
+
+
+def test_batch_per_gpu_keeps_the_per_gpu_batch(tmp_path):
+    runs = expand(write_sweep(tmp_path, {"overrides": {"batch_per_gpu": 64}, "grid": {"gpus": [1, 2, 4]}}))
+    assert [r.resolved["train"]["batch_size"] for r in runs] == [64, 128, 256]
+    assert [r.name for r in runs] == ["1gpu", "2gpu", "4gpu"]
+
+
+def test_random_search_is_seeded_and_in_range(tmp_path):
+    space = {"optim.lr": {"min": 0.01, "max": 0.5, "log": True}, "model.name": ["simple_cnn", "lenet5"],
+             "run.seed": {"min": 0, "max": 1000}}
+    runs = expand(write_sweep(tmp_path, {"random": {"samples": 6, "seed": 3, "space": space}}))
+    again = expand(write_sweep(tmp_path, {"random": {"samples": 6, "seed": 3, "space": space}}))
+    other = expand(write_sweep(tmp_path, {"random": {"samples": 6, "seed": 4, "space": space}}))
+    assert len(runs) == 6 and len({r.name for r in runs}) == 6
+    assert [r.point for r in runs] == [r.point for r in again]
+    assert [r.point for r in runs] != [r.point for r in other]
+    for r in runs:
+        assert 0.01 <= r.resolved["optim"]["lr"] <= 0.5
+        assert isinstance(r.resolved["run"]["seed"], int) and 0 <= r.resolved["run"]["seed"] <= 1000
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"grid": {"train.epoch": [1, 2]}}, ["train.epoch", "run epoch1", "epochs"]),  # a typo, with the fix
+    ({"overrides": {"optim.lr": "fast"}, "grid": {"model.name": ["lenet5"]}}, ["optim.lr", "run lenet5"]),
+    ({"grid": {"model.name": ["resnet9000"]}}, ["resnet9000", "run resnet9000"]),
+    ({"grid": {"gpus": [3]}, "overrides": {"train.batch_size": 128}}, ["divide", "run 3gpu"]),
+    ({"gird": {"model.name": ["lenet5"]}}, ["gird", "grid"]),  # the sweep file's own keys are checked too
+])
+def test_bad_sweeps_fail_at_expansion_naming_key_and_run(tmp_path, body, words):
+    with pytest.raises(C.ConfigError) as e:
+        expand(write_sweep(tmp_path, body))
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_cli_override_of_a_varied_key_is_refused(tmp_path):
+    with pytest.raises(C.ConfigError, match="varied"):
+        expand(write_sweep(tmp_path, {"grid": {"model.name": ["lenet5", "simple_cnn"]}}), ["model.name=vgg11"])
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_repository_sweeps_expand(path):
+    runs = S.expand(S.load_sweep(path))
+    assert runs and len({r.name for r in runs}) == len(runs)
+
+
+def test_architectures_sweep_covers_the_zoo():
+    runs = S.expand(S.load_sweep(REPO / "configs" / "sweeps" / "architectures.yaml"))
+    assert sorted(r.resolved["model"]["name"] for r in runs) == list_models()
+
+
+def test_scaling_sweep_is_resnet18_at_1_to_8_gpus_same_per_gpu_batch():
+    runs = S.expand(S.load_sweep(REPO / "configs" / "sweeps" / "scaling.yaml"))
+    assert [r.gpus for r in runs] == [1, 2, 4, 8]
+    assert {r.resolved["model"]["name"] for r in runs} == {"resnet18"}
+    assert len({r.resolved["train"]["batch_size"] // r.gpus for r in runs}) == 1
+
+
+def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
+    path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"], "gpus": [1, 2]}})
+    proc = run_harness([str(path), "--dry-run", "train.epochs=1"], module="harness.sweep")
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4 and all("harness" in line for line in lines)
+    assert all("train.epochs=1" in line for line in lines)
+    assert sum("accelerate" in line and "--num_processes 2" in line for line in lines) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_launcher(tmp_path, monkeypatch, capsys):
+    path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"], "gpus": [1, 2]},
+                                  "slurm": {"sbatch_args": ["--partition=gpu"], "max_parallel": 2}})
+    S.main([str(path), "--launcher", "slurm", "--dry-run"])
+    out = capsys.readouterr().out.splitlines()
+    sbatch = [line for line in out if line.startswith("sbatch")]
+    assert len(out) == 6 and len(sbatch) == 2  # 4 commands, one array per GPU count
+    assert "--array=0,2%2" in sbatch[0] and "--gpus-per-node=1" in sbatch[0]
+    assert "--array=1,3%2" in sbatch[1] and "--gpus-per-node=2" in sbatch[1]
+    assert all("--partition=gpu" in s and s.endswith(f"launch/slurm/sweep.sbatch {tmp_path}/out/commands.txt")
+               for s in sbatch)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(UserError, match="sbatch is not on PATH"):
+        S.main([str(path), "--launcher", "slurm"])
+    lines = (tmp_path / "out" / "commands.txt").read_text().splitlines()
+    assert len(lines) == 4 and lines[1].startswith("accelerate launch") and "harness/train.py" in lines[1]
+
+
+def test_array_spec():
+    assert S.array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert S.array_spec([3]) == "3"
+
+
+def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"overrides": {"train.epochs": 2},
+                                  "grid": {"model.name": ["simple_cnn", "lenet5"], "optim.lr": [0.1, 0.2]}})
+    S.main([str(path), "--launcher", "wandb"])
+    spec = yaml.safe_load((tmp_path / "out" / "wandb_sweep.yaml").read_text())
+    assert spec["method"] == "grid"
+    assert spec["parameters"]["model.name"] == {"values": ["simple_cnn", "lenet5"]}
+    assert spec["parameters"]["train.epochs"] == {"value": 2}
+    assert spec["parameters"]["run.wandb_group"] == {"value": "t"}
+    assert spec["command"][-1] == "${args_no_hyphens}" and "harness.train" in " ".join(spec["command"])
+    assert "wandb agent" in capsys.readouterr().out
+    # what an agent runs for the first grid point: W&B's own substitution (f"{name}={value}" per parameter,
+    # ${env} -> /usr/bin/env), with a stand-in `python` that prints its arguments
+    agent_args = [f"{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in spec["parameters"].items()]
+    cmd = [part for c in spec["command"]
+           for part in {"${env}": ["/usr/bin/env"], "${args_no_hyphens}": agent_args}.get(c, [c])]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "WANDB_RUN_ID": "abc123"}
+    argv = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert argv[:2] == ["-m", "harness.train"]
+    cfg = C.parse_args(C.Config, argv[2:])
+    assert cfg.run.dir == f"{tmp_path}/out/abc123" and cfg.run.wandb is True and cfg.run.wandb_group == "t"
+    assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs) == ("simple_cnn", 0.1, 2)
+    random = write_sweep(tmp_path, {"random": {"samples": 5, "space": {"optim.lr": {"min": 0.01, "max": 0.3,
+                                                                                       "log": True}}}}, "r")
+    spec = S.wandb_definition(S.load_sweep(random), S.expand(S.load_sweep(random)), ["optim.lr"])
+    assert spec["method"] == "random" and spec["run_cap"] == 5
+    assert spec["parameters"]["optim.lr"]["distribution"] == "log_uniform_values"
+
+
+def test_local_launcher_runs_tiny_runs_then_skips_them(tmp_path):
+    """Two real (tiny) training runs on the CPU, one after the other; the second invocation skips both;
+    a third with a changed config refuses to reuse their directories."""
+    data = make_cifar(tmp_path / "data")
+    fixed = dict(C.parse_override(o) for o in FAST)
+    fixed.update({"data.root": str(data), "data.download": False})
+    path = write_sweep(tmp_path, {"overrides": fixed, "grid": {"model.name": ["simple_cnn", "lenet5"]}})
+    out = tmp_path / "out"
+    run_harness([str(path)], module="harness.sweep")
+    for name in ("simple_cnn", "lenet5"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["model"] == name
+        assert yaml.safe_load((out / name / "config.yaml").read_text())["run"]["wandb_group"] == "t"
+    mtime = (out / "lenet5" / "metrics.jsonl").stat().st_mtime
+    again = run_harness([str(path)], module="harness.sweep")
+    assert again.stdout.count("skip") == 2 and "start" not in again.stdout
+    assert (out / "lenet5" / "metrics.jsonl").stat().st_mtime == mtime
+    changed = run_harness([str(path), "train.epochs=2"], module="harness.sweep", check=False)
+    assert changed.returncode == 1 and changed.stdout.count("another config") >= 2
+
+
+def test_local_launcher_records_failures_and_goes_on(tmp_path):
+    fixed = dict(C.parse_override(o) for o in FAST)
+    fixed.update({"data.root": str(tmp_path / "no-data-here"), "data.download": False})
+    path = write_sweep(tmp_path, {"overrides": fixed, "grid": {"run.seed": [1, 2]}})
+    proc = run_harness([str(path)], module="harness.sweep", check=False)
+    assert proc.returncode == 1
+    assert "2 of 2 runs failed" in proc.stdout and "seed1:" in proc.stdout and "seed2:" in proc.stdout
+    failures = (tmp_path / "out" / "failures.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in failures] == ["seed1", "seed2"]
+    assert (tmp_path / "out" / "seed2" / "launch.log").stat().st_size > 0
+
+
+def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
+    path = write_sweep(tmp_path, {"grid": {"train.epoch": [1]}})
+    proc = run_harness([str(path), "--dry-run"], module="harness.sweep", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: sweep t, run epoch1: unknown config key 'train.epoch'")
