@@ -55,6 +55,14 @@ def scaled_lr(cfg: C.Config) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD or AdamW over the model's parameters (already on their device), fused where PyTorch has a
+    fused kernel for that device: one kernel for the whole update instead of a few per tensor group."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused = next(model.parameters()).device.type in _get_fused_kernels_supported_devices()
+    except ImportError:
+        fused = False
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.no_wd_norm_bias:  # norm scales and biases are 1-D: decaying them only fights the norm
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
@@ -62,8 +70,8 @@ def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float) -> to
     else:
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), fused=fused)
 
 
 @torch.no_grad()
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
                     for name, s in (("val", val_split), ("test", ds.test)) if s is not None}
 
     # ---- model, optimiser ------------------------------------------------------------------------
-    model = create_model(cfg.model.name, num_classes=num_classes)
+    model = create_model(cfg.model.name, num_classes=num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     peak_lr = scaled_lr(cfg)
@@ -303,8 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
                     accelerator.backward(loss / cfg.train.grad_accum)
-                interval.add(loss, logits, y)
-                epoch_meter.add(loss, logits, y)
+                stats = torch.stack([loss.detach() * len(y), (logits.detach().argmax(1) == y).sum().float()])
+                interval.add(stats, len(y))
+                epoch_meter.add(stats, len(y))
                 state.batch += 1
                 if not sync:
                     continue
@@ -421,25 +430,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 class Meter:
-    """Running loss and accuracy kept on the device; `read()` is the only host sync."""
+    """Running loss and accuracy: sums stay on the device, the sample count in Python (a tensor made from
+    a host number each step would be a host-to-device copy that waits for the GPU); `read()` syncs."""
 
     def __init__(self, device):
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
-        self.batches = 0
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss x samples, correct
+        self.n = 0
 
-    def add(self, loss, logits, y) -> None:
-        self.sums += torch.stack([loss.detach().double() * len(y), (logits.detach().argmax(1) == y).sum().double(),
-                                  torch.tensor(float(len(y)), device=y.device, dtype=torch.float64)])
-        self.batches += 1
+    def add(self, stats: torch.Tensor, n: int) -> None:
+        self.sums += stats
+        self.n += n
 
     def read(self, accelerator) -> tuple[float, float, int]:
         """Loss, accuracy and sample count summed over all ranks (a collective: call on every rank)."""
-        loss, correct, n = accelerator.reduce(self.sums.clone(), "sum").tolist()
+        count = torch.full((1,), float(self.n), device=self.sums.device, dtype=torch.float64)
+        loss, correct, n = accelerator.reduce(torch.cat([self.sums, count]), "sum").tolist()
         return (loss / n, correct / n, int(n)) if n else (0.0, 0.0, 0)
 
     def reset(self) -> None:
         self.sums.zero_()
-        self.batches = 0
+        self.n = 0
 
 
 def _evaluate_all(model, ema, loaders, accelerator, num_classes, cfg) -> dict:
