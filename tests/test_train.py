@@ -280,3 +280,35 @@ def test_batch_larger_than_the_shard_is_an_error(tmp_path, learnable_root):
     proc = run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={tmp_path / 'r'}", "data.limit_train=20"],
                        check=False)
     assert proc.returncode == 2 and "larger than a process's share" in proc.stderr
+
+
+def test_missing_data_is_downloaded_and_a_bad_download_refused(tmp_path, monkeypatch):
+    """The download path end to end against a server on loopback: fetch, md5-check, extract, read."""
+    import functools
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+
+    import torchvision
+
+    src = make_cifar(tmp_path / "src", "py", n_train=20, n_test=10)
+    tgz = src / "cifar-10-python.tar.gz"
+    with tarfile.open(tgz, "w:gz") as t:
+        t.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, "url",
+                            f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz")
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, "tgz_md5", "0" * 32)  # a damaged download
+        with pytest.raises(DataError, match="could not be downloaded"):
+            load_dataset("cifar10", tmp_path / "bad", "auto", "structure", allow_download=True)
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, "tgz_md5", hashlib.md5(tgz.read_bytes()).hexdigest())
+        ds = load_dataset("cifar10", tmp_path / "dst", "auto", "structure", allow_download=True)
+        assert (len(ds.train), len(ds.test)) == (20, 10)
+        assert (tmp_path / "dst" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    finally:
+        server.shutdown()
