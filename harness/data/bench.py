@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from harness.config import choices, parse_args, run_cli, to_dict
 from harness.data.cifar import DataError, load_dataset, random_split
 from harness.data.loaders import Augment, build_loader, resolve_backend
 from harness.errors import UserError
+from harness.timing import time_steps
 
 
 @dataclass
@@ -49,26 +49,6 @@ class BenchConfig:
     out: str = ""  # a directory: bench.json and bench.md are written there
 
 
-def _clock(device: torch.device):
-    """A start() -> stop() pair of closures returning elapsed seconds, synchronised with the device."""
-    if device.type == "cuda":
-        def start():
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-
-            def stop():
-                end.record()
-                end.synchronize()
-                return begin.elapsed_time(end) / 1000
-            return stop
-        return start
-
-    def start():
-        t0 = time.perf_counter()
-        return lambda: time.perf_counter() - t0
-    return start
-
-
 def _batches(loader):
     """Training batches without end: epoch after epoch, as a training run sees them."""
     epoch = 0
@@ -80,18 +60,8 @@ def _batches(loader):
 
 def _measure(step, cfg: BenchConfig, device: torch.device) -> list[float]:
     """Seconds per `cfg.steps` calls of `step()`, one figure per repeat, after `cfg.warmup` calls."""
-    for _ in range(cfg.warmup):
-        step()
-    start = _clock(device)
-    times = []
-    for _ in range(cfg.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        stop = start()
-        for _ in range(cfg.steps):
-            step()
-        times.append(stop())
-    return times
+    runs, _, _ = time_steps(step, cfg.steps, cfg.warmup, cfg.repeats, device)
+    return runs
 
 
 def load_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
