@@ -81,6 +81,16 @@ def provenance(world_size: int, device: torch.device) -> dict:
     }
 
 
+def record_provenance(path: Path, current: dict) -> None:
+    """The first start of a run directory is its provenance; each later start (a resume, a requeued job)
+    is appended under "restarts", so the original command and versions are never lost."""
+    if path.is_file():
+        first = json.loads(path.read_text())
+        first.setdefault("restarts", []).append(current)
+        current = first
+    write_json(path, current)
+
+
 def write_json(path: Path, obj) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")

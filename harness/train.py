@@ -29,8 +29,8 @@ from harness import config as C
 from harness.data.cifar import Dataset, Split, load_dataset, random_split
 from harness.data.loaders import Augment, build_loader, resolve_backend
 from harness.errors import UserError
-from harness.run import Checkpoints, Tracker, default_run_dir, peak_memory_mb, provenance, resolve_resume, \
-    wandb_mode, write_json
+from harness.run import Checkpoints, Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, \
+    resolve_resume, wandb_mode, write_json
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
@@ -197,10 +197,14 @@ def main(argv: list[str] | None = None) -> dict:
     broadcast_object_list(run_dir)  # one directory for all ranks, even when rank clocks differ
     cfg.run.dir = run_dir = run_dir[0]
     run_dir = Path(run_dir)
+    checkpoints = Checkpoints(run_dir, accelerator, keep=cfg.run.keep_checkpoints)
+    if not cfg.train.resume and checkpoints.latest() is not None:  # never train over another run's checkpoints
+        raise UserError(f"run.dir={run_dir} already holds a run (checkpoint {checkpoints.latest()}). Continue it "
+                        f"with train.resume=auto, or choose a new run.dir.")
     if main_proc:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(C.to_yaml(cfg))
-        write_json(run_dir / "provenance.json", provenance(world, device))
+        record_provenance(run_dir / "provenance.json", provenance(world, device))
     set_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
     # fixed 32x32 shapes: let cuDNN pick the fastest convolution algorithms once, at the first steps
     torch.backends.cudnn.benchmark = True
@@ -243,7 +247,6 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.register_for_checkpointing(state)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    checkpoints = Checkpoints(run_dir, accelerator, keep=cfg.run.keep_checkpoints)
     resume_from = resolve_resume(cfg.train.resume, checkpoints)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))  # weights, optimiser, RNG states, TrainState, EMA

@@ -248,6 +248,8 @@ def test_sigterm_mid_epoch_then_resume_equals_a_straight_run(tmp_path, learnable
     assert not (stopped / "summary.json").exists()
 
     run_harness(args + [f"run.dir={stopped}", "train.resume=auto"])
+    prov = json.loads((stopped / "provenance.json").read_text())
+    assert "train.resume=auto" not in prov["command"] and "train.resume=auto" in prov["restarts"][0]["command"]
     a, b = final_weights(straight), final_weights(stopped)
     assert a.keys() == b.keys()
     for k in a:
@@ -268,6 +270,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path, l
     assert (run / "checkpoints" / "latest").read_text() == good
     after = final_weights(run)
     assert all(np.array_equal(weights[k].numpy(), after[k].numpy()) for k in weights)
+
+
+def test_a_fresh_run_refuses_a_run_directory_with_checkpoints(tmp_path, learnable_root):
+    run = tmp_path / "taken"
+    run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "data.limit_train=64"])
+    before, config = final_weights(run), (run / "config.yaml").read_text()
+    proc = run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "data.limit_train=64",
+                               "train.epochs=3"], check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "train.resume=auto" in proc.stderr
+    after = final_weights(run)
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    assert (run / "config.yaml").read_text() == config and "restarts" not in (run / "provenance.json").read_text()
 
 
 def test_resume_path_must_be_a_complete_checkpoint(tmp_path, learnable_root):
