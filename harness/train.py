@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
     model.train()
     try:
-        while state.epoch < cfg.train.epochs and state.step < total_steps:
+        while state.epoch < cfg.train.epochs and state.step < total_steps and not target_reached(state, cfg):
             train_loader.set_epoch(state.epoch)
             train_loader.load_state_dict({"epoch": state.epoch, "batch": state.batch})
             first_batch = state.batch
@@ -369,14 +369,14 @@ def main(argv: list[str] | None = None) -> dict:
                 results = _evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
                 _record_epoch(state, results, cfg, tracker, say, lr, loss_mean, train_acc, epoch_s,
                               state.epoch_rates[-1] if epoch_done else None)
-            if finished or (cfg.run.checkpoint_every and state.epoch % cfg.run.checkpoint_every == 0):
+            reached = target_reached(state, cfg)
+            if finished or reached or (cfg.run.checkpoint_every and state.epoch % cfg.run.checkpoint_every == 0):
                 checkpoints.save(state.step)
                 saved_step = state.step
-            if stop_signal:
-                break
-            if cfg.train.target_acc and state.time_to_target_s is not None:
+            if reached:
                 say(f"target accuracy {cfg.train.target_acc} reached after {state.time_to_target_s:.1f} s of "
                     f"training: stopping")
+            if stop_signal or reached:
                 break
     except torch.OutOfMemoryError:
         raise UserError(
@@ -459,6 +459,10 @@ def _evaluate_all(model, ema, loaders, accelerator, num_classes, cfg) -> dict:
     """Evaluate the EMA weights when EMA is on (they are the ones the run reports), else the model."""
     net = ema.module if ema is not None else model
     return {name: evaluate(net, loader, accelerator, num_classes, cfg.train.tta_flip) for name, loader in loaders.items()}
+
+
+def target_reached(state: TrainState, cfg: C.Config) -> bool:
+    return bool(cfg.train.target_acc) and state.time_to_target_s is not None
 
 
 def _record_epoch(state, results, cfg, tracker, say, lr, train_loss, train_acc, epoch_s, images_per_s) -> None:

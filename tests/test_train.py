@@ -164,6 +164,11 @@ def test_single_process_run_writes_the_run_directory(tmp_path, learnable_root):
     assert prov["world_size"] == 1 and "torch" in prov["versions"] and prov["command"] and prov["devices"]
     assert (run / "checkpoints" / "latest").is_file()
     assert "target accuracy 0.6 reached" in proc.stdout + proc.stderr
+    # the stop at the target is the end of the run: resuming it trains nothing more
+    run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "train.epochs=3", "data.val_size=128",
+                        "train.target_acc=0.6", "train.eval_batch_size=48", "train.resume=auto"])
+    again = summary(run)
+    assert (again["epochs"], again["steps"], again["test_acc"]) == (s["epochs"], s["steps"], s["test_acc"])
 
 
 @pytest.mark.slow
