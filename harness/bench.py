@@ -371,8 +371,10 @@ def batches(spec: Spec, batch_size: int, ctx: Context):
 
 def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
     """Build the model and its data source, time it; this rank's images/s and step times."""
+    from harness.config import OptimConfig
     from harness.models import create_model
     from harness.run import peak_memory_mb
+    from harness.train import build_optimizer
 
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
     if device.type == "cuda":
@@ -383,7 +385,8 @@ def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
     source = batches(spec, batch_size, ctx)
     amp = spec.precision == "bf16"  # the bench sweeps precisions in one process, so autocast is explicit
     if spec.mode == "train":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        # the training loop's own optimiser (SGD momentum, fused where the device has the kernel)
+        optimizer = build_optimizer(model, OptimConfig(lr=0.01), lr=0.01)
         model, optimizer = acc.prepare(model, optimizer)  # DDP when world > 1
         net = torch.compile(model, mode=cfg.compile_mode) if spec.compile else model  # DDP, then compile
 
