@@ -158,6 +158,10 @@ def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Spli
 
 
 def check_config(cfg: C.Config, world: int) -> None:
+    """Mistakes a run would only hit later, caught before anything is written."""
+    from harness.models import model_source
+
+    model_source(cfg.model.name)  # an unknown name raises, listing the closest ones
     t = cfg.train
     for key, v in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                    ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", cfg.run.log_every)):

@@ -64,6 +64,13 @@ def test_lr_scaling_rule_is_explicit():
     assert scaled_lr(cfg) == pytest.approx(1.6)  # the effective batch counts accumulation
 
 
+def test_unknown_model_is_refused_before_the_run_directory_exists(tmp_path):
+    proc = run_harness(["model.name=resnet19", f"run.dir={tmp_path / 'r'}"], check=False, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown model 'resnet19'" in proc.stderr and "resnet18" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_batch_size_must_divide_across_processes():
     cfg = C.apply_overrides(C.Config(), ["train.batch_size=100"])
     with pytest.raises(C.ConfigError, match=r"train.batch_size=100 does not divide across 3 processes.*99"):
