@@ -18,6 +18,9 @@ from harness.data.loaders import (CIFAR_MEAN, CIFAR_STD, Augment, TorchLoader, b
 from harness.errors import UserError
 
 BACKENDS = ["torch", "dali"]
+# On a GPU machine every loader test runs on the GPU (DALI's GPU operators, the device-resident torch
+# backend); here, on the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _needs(backend: str) -> None:
@@ -28,6 +31,7 @@ def _needs(backend: str) -> None:
 def make(backend: str, images, labels, batch_size: int, **kw):
     _needs(backend)
     kw.setdefault("train", True)
+    kw.setdefault("device", DEVICE)
     return build_loader(backend, images, labels, batch_size, **kw)
 
 
@@ -51,7 +55,7 @@ def to_pixels(x: torch.Tensor) -> np.ndarray:
     """Undo the normalisation: NCHW float batch -> NHWC uint8 (exact for these integer inputs)."""
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255
-    return (x.float() * std + mean).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (x.float().cpu() * std + mean).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def chi_square(counts: np.ndarray) -> float:
@@ -118,10 +122,10 @@ def test_output_format(backend, channels_last, dtype, data):
     batches = list(loader)
     assert len(batches) == len(loader) == 200 // 32
     for x, y in batches:
-        assert x.shape == (32, 3, 32, 32) and x.dtype == dtype and x.device.type == "cpu"
+        assert x.shape == (32, 3, 32, 32) and x.dtype == dtype and x.device.type == DEVICE.type
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         assert x.is_contiguous(memory_format=fmt)
-        assert y.dtype == torch.int64 and y.shape == (32,) and y.device.type == "cpu"
+        assert y.dtype == torch.int64 and y.shape == (32,) and y.device.type == DEVICE.type
         assert 0 <= int(y.min()) and int(y.max()) < 10
 
 
@@ -157,7 +161,7 @@ def test_cutout_zeroes_one_clipped_square(backend):
     plan = loader.plan()
     clipped = 0
     for k, (x, _) in enumerate(loader):
-        zero = (x == 0).numpy()
+        zero = (x == 0).cpu().numpy()
         assert (zero == zero[:, :1]).all()  # all channels alike
         for j in range(len(x)):
             i = 64 * k + j
