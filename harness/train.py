@@ -159,9 +159,12 @@ def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Spli
 
 def check_config(cfg: C.Config, world: int) -> None:
     """Mistakes a run would only hit later, caught before anything is written."""
-    from harness.models import model_source
+    from harness.models import UnknownModelError, model_source
 
-    model_source(cfg.model.name)  # an unknown name raises, listing the closest ones
+    try:
+        model_source(cfg.model.name)
+    except UnknownModelError as e:  # its message lists the closest names
+        raise C.ConfigError(f"model.name: {e}") from None
     t = cfg.train
     for key, v in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                    ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", cfg.run.log_every)):
