@@ -358,11 +358,7 @@ def batches(spec: Spec, batch_size: int, ctx: Context):
                           seed=ctx.cfg.seed, drop_last=True, augment=Augment(), device=ctx.device,
                           dtype=torch.float32, channels_last=spec.channels_last,
                           synthetic_size=max(50000, batch_size * ctx.world))
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    yield from loader.endless()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -49,15 +49,6 @@ class BenchConfig:
     out: str = ""  # a directory: bench.json and bench.md are written there
 
 
-def _batches(loader):
-    """Training batches without end: epoch after epoch, as a training run sees them."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _measure(step, cfg: BenchConfig, device: torch.device) -> list[float]:
     """Seconds per `cfg.steps` calls of `step()`, one figure per repeat, after `cfg.warmup` calls."""
     runs, _, _ = time_steps(step, cfg.steps, cfg.warmup, cfg.repeats, device)
@@ -111,7 +102,7 @@ def run(cfg: BenchConfig) -> dict:
 
     loader_rows = []
     for backend in backends:
-        it = _batches(make_loader(backend))
+        it = make_loader(backend).endless()
         loader_rows.append({"backend": backend, **summary(_measure(lambda: next(it), cfg, device))})
         it.close()
 
@@ -122,7 +113,7 @@ def run(cfg: BenchConfig) -> dict:
             model = create_model(name, num_classes=10).to(device, memory_format=memory_format)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             fwd = torch.compile(model) if cfg.compile else model
-            it = _batches(make_loader(backend))
+            it = make_loader(backend).endless()
 
             def step():
                 x, y = next(it)

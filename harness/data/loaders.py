@@ -138,6 +138,15 @@ class Loader:
     def __len__(self) -> int:
         return math.ceil(len(self.plan().indices) / self.batch_size)
 
+    def endless(self):
+        """Batches without end, epoch after epoch (each reshuffled), as a training run sees them: the
+        benchmarks' data source."""
+        epoch = self.epoch
+        while True:
+            self.set_epoch(epoch)
+            yield from self
+            epoch += 1
+
     def __iter__(self):
         start, self.start_batch = self.start_batch, 0
         self._position = start
