@@ -370,7 +370,7 @@ def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
     from harness.config import OptimConfig
     from harness.models import create_model
     from harness.run import peak_memory_mb
-    from harness.train import build_optimizer
+    from harness.optim import build_optimizer
 
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
     if device.type == "cuda":

@@ -1,4 +1,4 @@
-"""The run directory: provenance, metrics (console, JSONL, W&B from one place), atomic checkpoints.
+"""The run directory and tracking: provenance, metrics (console, JSONL, W&B from one place).
 
 Layout of `run.dir`:
   config.yaml         the resolved config
@@ -8,9 +8,8 @@ Layout of `run.dir`:
   checkpoints/        step-NNNNNNN/ (accelerate save_state folders) and `latest`, a one-line pointer
   wandb/              the W&B run (offline unless a W&B key is configured)
 
-Checkpoints are written to a hidden temporary folder, marked COMPLETE, renamed into place, and only then
-is `latest` replaced (write + os.replace): a kill at any moment leaves the previous checkpoint and
-`latest` intact. Only the main process writes files here, except accelerate's per-rank RNG states.
+Checkpoints are `harness.checkpoint`'s. Only the main process writes files here, except accelerate's
+per-rank RNG states.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,69 +104,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-class Checkpoints:
-    """Atomic accelerate checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
-
-    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
-        self.dir = run_dir / "checkpoints"
-        self.acc = accelerator
-        self.keep = max(1, keep)
-
-    def _complete(self, path: Path) -> bool:
-        return (path / "COMPLETE").is_file()
-
-    def latest(self) -> Path | None:
-        """The checkpoint `latest` names if it is complete, else the newest complete one, else None."""
-        pointer = self.dir / "latest"
-        if pointer.is_file():
-            p = self.dir / pointer.read_text().strip()
-            if self._complete(p):
-                return p
-        done = sorted(p for p in self.dir.glob("step-*") if self._complete(p))
-        return done[-1] if done else None
-
-    def save(self, step: int) -> Path:
-        acc = self.acc
-        final = self.dir / f"step-{step:09d}"
-        tmp = self.dir / f".tmp-step-{step:09d}"
-        if acc.is_main_process:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # model, optimizer, RNG states per rank, registered objects
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / "COMPLETE").write_text(f"{step}\n")
-            if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            ptmp = self.dir / ".latest.tmp"
-            ptmp.write_text(final.name + "\n")
-            os.replace(ptmp, self.dir / "latest")
-            for old in sorted(p for p in self.dir.glob("step-*") if p != final)[: -self.keep + 1 or None]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
-
-
-def resolve_resume(resume: str, checkpoints: Checkpoints) -> Path | None:
-    """train.resume: "" -> None; "auto" -> latest complete checkpoint or None; a path -> that path."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return checkpoints.latest()
-    p = Path(resume)
-    if not (p / "COMPLETE").is_file():
-        raise UserError(f"train.resume={resume}: not a complete checkpoint folder (no COMPLETE marker). "
-                        f"Use train.resume=auto to take the latest one in run.dir, or name a "
-                        f"checkpoints/step-* folder.")
-    return p
-
-
-# ----------------------------------------------------------------------------------------------------
 # tracking
 
 
@@ -188,11 +122,17 @@ def wandb_mode() -> str:
 class Tracker:
     """Rank-0 I/O: metrics.jsonl, W&B (through accelerate's trackers), console lines."""
 
-    def __init__(self, run_dir: Path, accelerator, use_wandb: bool):
+    def __init__(self, run_dir: Path, accelerator, cfg):
         self.acc = accelerator
         self.main = accelerator.is_main_process
         self.path = run_dir / "metrics.jsonl"
-        self.use_wandb = use_wandb
+        self.use_wandb = cfg.run.wandb
+        if self.use_wandb:
+            from harness.config import to_dict
+
+            os.environ.setdefault("WANDB_MODE", wandb_mode())
+            accelerator.init_trackers(cfg.run.wandb_project, config=to_dict(cfg), init_kwargs={"wandb": {
+                "dir": str(run_dir), "name": cfg.run.name or run_dir.name, "group": cfg.run.wandb_group or None}})
         self._file = open(self.path, "a") if self.main else None
 
     def log(self, row: dict) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -29,49 +28,9 @@ from harness import config as C
 from harness.data.cifar import Dataset, Split, load_dataset, random_split
 from harness.data.loaders import Augment, build_loader, resolve_backend
 from harness.errors import UserError
-from harness.run import Checkpoints, Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, \
-    resolve_resume, wandb_mode, write_json
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
-    """Learning rate for optimiser step `step` (0-based) of `total`: linear warm-up, then the schedule."""
-    if schedule == "onecycle" and warmup == 0:
-        warmup = int(0.3 * total)  # the rising third of a one-cycle/triangular schedule
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    floor = peak * min_ratio
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
-    if schedule in ("linear", "onecycle"):
-        return peak - (peak - floor) * t
-    return peak  # constant
-
-
-def scaled_lr(cfg: C.Config) -> float:
-    """optim.lr is the rate at optim.ref_batch_size; this is the rate at the effective global batch."""
-    ratio = cfg.train.batch_size * cfg.train.grad_accum / cfg.optim.ref_batch_size
-    return cfg.optim.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.optim.lr_scaling]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD or AdamW over the model's parameters (already on their device), fused where PyTorch has a
-    fused kernel for that device: one kernel for the whole update instead of a few per tensor group."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        fused = next(model.parameters()).device.type in _get_fused_kernels_supported_devices()
-    except ImportError:
-        fused = False
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.no_wd_norm_bias:  # norm scales and biases are 1-D: decaying them only fights the norm
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), fused=fused)
+from harness.optim import build_optimizer, lr_at, scaled_lr
+from harness.checkpoint import Checkpoints, resolve_resume
+from harness.run import Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, write_json
 
 
 @torch.no_grad()
@@ -259,11 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.load_state(str(resume_from))  # weights, optimiser, RNG states, TrainState, EMA
         accelerator.print(f"resumed from {resume_from} at epoch {state.epoch + 1}, batch {state.batch}, "
                           f"step {state.step}")
-    if cfg.run.wandb:
-        os.environ.setdefault("WANDB_MODE", wandb_mode())
-        accelerator.init_trackers(cfg.run.wandb_project, config=C.to_dict(cfg), init_kwargs={"wandb": {
-            "dir": str(run_dir), "name": cfg.run.name or run_dir.name, "group": cfg.run.wandb_group or None}})
-    tracker = Tracker(run_dir, accelerator, use_wandb=cfg.run.wandb)
+    tracker = Tracker(run_dir, accelerator, cfg)  # metrics.jsonl, and the W&B run when run.wandb
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     total_steps = steps_per_epoch * cfg.train.epochs
