@@ -1,27 +1,91 @@
-"""Checkpoints: atomic accelerate save_state folders under `<run dir>/checkpoints/`, and what resumes.
+"""Checkpoints, the run directory's lock, and stopping on a signal: what makes a run safe to kill.
 
 Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE) and `latest`,
-a one-line pointer. A checkpoint is written to a hidden temporary folder, marked COMPLETE, renamed into
-place, and only then is `latest` replaced (write + os.replace): a kill at any moment leaves the previous
-checkpoint and `latest` intact.
+a one-line pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
+COMPLETE (fsync'd), renamed into place, and only then is `latest` replaced (write + fsync + os.replace):
+a kill or a power loss at any moment leaves the previous checkpoint and `latest` intact. Weights that
+are not finite are never written: the last good checkpoint stays the one `latest` names.
+
+The model's weights in a checkpoint are its own state dict (`model.safetensors`, no `module.` or
+`_orig_mod.` prefixes), written from the raw model by a save hook instead of accelerate's copy of the
+wrapped model, and loaded back into the raw model by a load hook: a run resumes across changes of the
+number of processes and of the compile setting. Optimiser, RNG states and registered objects (TrainState,
+EMA) are accelerate's.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import signal
 from pathlib import Path
 
-from harness.errors import UserError
+import torch
 
+from harness.errors import UserError
+from harness.models.weights import load_weights, save_weights
+
+WEIGHTS = "model.safetensors"
+
+
+def _fsync_dir(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under `path`, then the directories, to disk (os.replace is atomic, not durable)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(root)
+
+
+def _write_durable(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """All parameters finite: one fused norm over every tensor and a single host sync."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    return bool(torch.stack(torch._foreach_norm(params)).float().isfinite().all())
 
 
 class Checkpoints:
-    """Atomic accelerate checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
+    """Atomic checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
 
     def __init__(self, run_dir: Path, accelerator, keep: int = 2):
         self.dir = run_dir / "checkpoints"
         self.acc = accelerator
         self.keep = max(1, keep)
+        self.model = None
+
+    def attach(self, raw_model: torch.nn.Module) -> None:
+        """Save and load `raw_model`'s own state dict in place of accelerate's copy of the wrapped model."""
+        self.model = raw_model
+
+        def save_hook(models, weights, output_dir):
+            weights.clear()  # accelerate writes no model file of its own ...
+            if self.acc.is_main_process:  # ... we write the canonical one
+                save_weights(raw_model, Path(output_dir) / WEIGHTS)
+
+        def load_hook(models, input_dir):
+            models.clear()  # accelerate loads no model ...
+            load_weights(raw_model, Path(input_dir) / WEIGHTS)  # ... the raw model takes the canonical file
+
+        self.acc.register_save_state_pre_hook(save_hook)
+        self.acc.register_load_state_pre_hook(load_hook)
 
     def _complete(self, path: Path) -> bool:
         return (path / "COMPLETE").is_file()
@@ -38,22 +102,27 @@ class Checkpoints:
 
     def save(self, step: int) -> Path:
         acc = self.acc
+        if self.model is not None and not weights_finite(self.model):  # identical on every rank (DDP)
+            last = self.latest()
+            raise UserError(f"the weights are not finite (NaN or inf) at step {step}: no checkpoint was written. "
+                            + (f"The last good one is {last} (train.resume=auto continues from it). " if last else "")
+                            + "Lower optim.lr, add warm-up (optim.warmup_epochs=1) or clipping (train.grad_clip=1.0).")
         final = self.dir / f"step-{step:09d}"
         tmp = self.dir / f".tmp-step-{step:09d}"
         if acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # model, optimizer, RNG states per rank, registered objects
+        acc.save_state(str(tmp))  # weights (our hook), optimizer, RNG states per rank, registered objects
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / "COMPLETE").write_text(f"{step}\n")
+            _fsync_tree(tmp)
+            _write_durable(tmp / "COMPLETE", f"{step}\n")
             if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            ptmp = self.dir / ".latest.tmp"
-            ptmp.write_text(final.name + "\n")
-            os.replace(ptmp, self.dir / "latest")
+            _write_durable(self.dir / "latest", final.name + "\n")
+            _fsync_dir(self.dir)  # the rename and the new pointer themselves
             for old in sorted(p for p in self.dir.glob("step-*") if p != final)[: -self.keep + 1 or None]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -72,3 +141,86 @@ def resolve_resume(resume: str, checkpoints: Checkpoints) -> Path | None:
                         f"Use train.resume=auto to take the latest one in run.dir, or name a "
                         f"checkpoints/step-* folder.")
     return p
+
+
+class RunLock:
+    """One training process tree per run directory: the main process holds an exclusive lock on
+    `<run dir>/.lock` for the whole run (released by the OS if the process dies), so a second job started
+    on the same run.dir (a double submission, a requeue racing its predecessor) stops before writing."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path, self._file = run_dir / ".lock", None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            self._file = None
+            raise UserError(f"run.dir={run_dir} is in use by {holder}: two trainings cannot write one run "
+                            f"directory. Wait for it to end (or stop it), or choose another run.dir.") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1 (cluster preemption, time limit) ask for a checkpoint and a clean exit.
+
+    Every rank must stop at the same step. The flag is all-reduced every step, but without blocking: the
+    sum is started asynchronously on a small CPU (gloo) side group, and its result is read one call later,
+    by which time it has long arrived, so no step waits for a collective and no GPU work is synced. The
+    check also runs between evaluation batches, so a signal during a long evaluation is not missed (torchrun
+    gives workers a grace period after forwarding SIGTERM; see launch/slurm/train.sbatch)."""
+
+    def __init__(self, accelerator):
+        self.signum = 0
+        self.world = accelerator.num_processes
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+        self._group = self._pending = None
+        self._flag = torch.zeros(1)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo")  # every rank creates it, in the same order
+
+    def _handle(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def poll(self) -> int:
+        """The agreed signal (0: keep going). Call at the same points on every rank."""
+        if self.world == 1:
+            return self.signum
+        import torch.distributed as dist
+
+        agreed = 0
+        if self._pending is not None:
+            self._pending.wait()  # started one call ago: already complete in practice
+            if self._flag.item() > 0:
+                agreed = self.signum or signal.SIGTERM  # a rank that saw no signal stops for the others
+        if not agreed:
+            self._flag.fill_(1.0 if self.signum else 0.0)
+            self._pending = dist.all_reduce(self._flag, group=self._group, async_op=True)
+        else:
+            self._pending = None
+        return agreed
+
+    def drain(self) -> int:
+        """Wait for the last started exchange and return its verdict (the loop's end: no later call)."""
+        if self.world == 1 or self._pending is None:
+            return self.signum if self.world == 1 else 0
+        self._pending.wait()
+        self._pending = None
+        return (self.signum or signal.SIGTERM) if self._flag.item() > 0 else 0

@@ -5,9 +5,16 @@ recipe (SGD 0.1 momentum 0.9 wd 5e-4 at batch 128, cosine, crop+flip, 20 epochs)
 torch.compile. `--help` lists every key.
 
 main() reads top to bottom: config -> accelerator -> data -> model -> compile/prepare -> loop -> report.
-Accelerate owns distribution (DDP over any number of processes and nodes), mixed precision (bf16 autocast,
-no grad scaler) and compilation (its dynamo plugin compiles the DDP-wrapped model). The loop itself is
-plain PyTorch: a pure `lr_at(step)`, `.item()` only at log intervals, evaluation outside the timed region.
+Accelerate owns distribution (DDP over any number of processes and nodes), mixed precision (bf16 autocast;
+fp16 with its gradient scaler) and compilation (its dynamo plugin compiles the DDP-wrapped model); the
+config and the launcher must agree on the last two (harness/precision.py). The loop itself is plain
+PyTorch: a pure `lr_at(step)`, `.item()` only at log intervals, evaluation outside the timed region.
+Around it, one module per job: optim.py (optimiser, schedule), ema.py, evaluate.py, checkpoint.py
+(checkpoints, the run lock, stopping on a signal), run.py (run directory, tracking).
+
+N processes follow the 1-process trajectory at the same global batch: the data plan depends only on
+(seed, epoch, position in the global batch), DDP averages the gradients, and the weights start identical;
+the model's own (raw) module is kept beside the DDP/compiled wrapper for EMA and for saving.
 """
 from __future__ import annotations
 
@@ -25,40 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from harness import config as C
+from harness.checkpoint import Checkpoints, RunLock, StopRequest, resolve_resume
+from harness.console import Progress
 from harness.data.cifar import Dataset, Split, load_dataset, random_split
 from harness.data.loaders import Augment, build_loader, resolve_backend
+from harness.ema import EMA
 from harness.errors import UserError
+from harness.evaluate import Interrupted, evaluate_all
 from harness.optim import build_optimizer, lr_at, scaled_lr
-from harness.checkpoint import Checkpoints, resolve_resume
+from harness.precision import resolve_compile, resolve_precision
 from harness.run import Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, write_json
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator, num_classes: int, tta_flip: bool = False) -> dict:
-    """Exact accuracy over all ranks: per-class correct and total summed across processes; padding
-    (label -1) is never counted, so no sample is dropped or counted twice."""
-    was_training = model.training
-    model.eval()
-    dev = accelerator.device
-    correct = torch.zeros(num_classes, device=dev, dtype=torch.float64)
-    total = torch.zeros(num_classes, device=dev, dtype=torch.float64)
-    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-    for x, y in loader:
-        with accelerator.autocast():
-            logits = model(x)
-            if tta_flip:
-                logits = logits + model(x.flip(3))
-        logits = logits.float()
-        valid = (y >= 0).double()
-        onehot = F.one_hot(y.clamp(min=0), num_classes).double() * valid[:, None]
-        total += onehot.sum(0)
-        correct += (onehot * (logits.argmax(1) == y).double()[:, None]).sum(0)
-        loss_sum += F.cross_entropy(logits / (2 if tta_flip else 1), y, ignore_index=-1, reduction="sum").double()
-    correct, total, loss_sum = (accelerator.reduce(t, "sum") for t in (correct, total, loss_sum))
-    model.train(was_training)
-    n = total.sum().item()
-    return {"acc": correct.sum().item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": int(n),
-            "per_class": (correct / total.clamp(min=1)).tolist()}
 
 
 class TrainState:
@@ -68,6 +51,7 @@ class TrainState:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best_val, self.best_epoch, self.test_at_best = -1.0, -1, None
         self.train_s, self.time_to_target_s, self.epoch_rates = 0.0, None, []
+        self.pending_eval = False  # the epoch ended but its evaluation was cut short by a stop signal
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -76,32 +60,14 @@ class TrainState:
         vars(self).update(state)
 
 
-class StopSignal:
-    """SIGTERM/SIGUSR1 (cluster preemption) ask for a checkpoint and a clean exit after this step."""
-
-    def __init__(self):
-        self.signum = 0
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def agreed(self, accelerator) -> int:
-        """All ranks stop at the same step: a signal seen by any rank stops every rank."""
-        if accelerator.num_processes == 1:
-            return self.signum
-        flag = torch.tensor([1.0 if self.signum else 0.0], device=accelerator.device)
-        return (self.signum or signal.SIGTERM) if accelerator.reduce(flag, "sum").item() > 0 else 0
-
-
 def load_data(cfg: C.Config, accelerator) -> Dataset:
     if cfg.data.backend == "synthetic":  # no files: random images, for benchmarks
         n = cfg.data.synthetic_size
         k = 10 if cfg.data.dataset == "cifar10" else 100
         return Dataset(cfg.data.dataset, random_split(n, k, cfg.run.seed), random_split(1000, k, cfg.run.seed + 1),
                        k, [str(i) for i in range(k)], "synthetic")
-    with accelerator.main_process_first():  # rank 0 downloads if needed; the others then read its files
+    # one process per node downloads if needed (data.root may be node-local); the others then read its files
+    with accelerator.local_main_process_first():
         return load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.format, cfg.data.verify, cfg.data.download)
 
 
@@ -117,27 +83,55 @@ def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Spli
 
 
 def check_config(cfg: C.Config, world: int) -> None:
-    """Mistakes a run would only hit later, caught before anything is written."""
+    """Mistakes a run would only hit later, caught before anything is written: every numeric key is
+    checked against its range here, so a bad value fails at start, not after an epoch."""
     from harness.models import UnknownModelError, model_source
 
     try:
         model_source(cfg.model.name)
     except UnknownModelError as e:  # its message lists the closest names
         raise C.ConfigError(f"model.name: {e}") from None
-    t = cfg.train
-    for key, v in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
-                   ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", cfg.run.log_every)):
-        if v < 1:
-            raise C.ConfigError(f"{key}={v}: must be at least 1")
+    t, d, o, r = cfg.train, cfg.data, cfg.optim, cfg.run
+    at_least = {1: [("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                    ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", r.log_every),
+                    ("run.keep_checkpoints", r.keep_checkpoints), ("data.prefetch", d.prefetch),
+                    ("data.synthetic_size", d.synthetic_size), ("optim.ref_batch_size", o.ref_batch_size)],
+                0: [("train.eval_every", t.eval_every), ("train.max_steps", t.max_steps),
+                    ("train.grad_clip", t.grad_clip), ("run.checkpoint_every", r.checkpoint_every),
+                    ("data.limit_train", d.limit_train), ("data.val_size", d.val_size),
+                    ("data.crop_padding", d.crop_padding), ("data.cutout", d.cutout),
+                    ("optim.weight_decay", o.weight_decay), ("optim.warmup_epochs", o.warmup_epochs)]}
+    for low, items in at_least.items():
+        for key, v in items:
+            if v < low:
+                raise C.ConfigError(f"{key}={v}: must be at least {low}"
+                                    + (" (0: off)" if low == 0 and key != "train.eval_every" else "")
+                                    + (" (0: evaluate only after the last epoch)" if key == "train.eval_every" else ""))
+    fractions = [("train.label_smoothing", t.label_smoothing, "0.1"), ("optim.momentum", o.momentum, "0.9"),
+                 ("optim.min_lr_ratio", o.min_lr_ratio, "0.01"), ("train.ema", t.ema, "0.999")]
+    fractions += [(f"optim.betas[{i}]", b, "0.9") for i, b in enumerate(o.betas)]
+    for key, v, example in fractions:
+        if not 0.0 <= v < 1.0:
+            raise C.ConfigError(f"{key}={v}: a fraction in [0, 1) such as {example}")
+    if len(o.betas) != 2:
+        raise C.ConfigError(f"optim.betas={o.betas}: two numbers, e.g. [0.9, 0.999]")
+    if d.crop_padding > 16 or d.cutout > 32:
+        raise C.ConfigError(f"data.crop_padding={d.crop_padding} / data.cutout={d.cutout}: at most 16 / 32 pixels "
+                            f"for 32x32 images")
     if t.batch_size % world:
         raise C.ConfigError(f"train.batch_size={t.batch_size} does not divide across {world} processes; use a "
                             f"multiple of {world}, e.g. train.batch_size={max(world, t.batch_size // world * world)}")
     if not 0.0 <= t.target_acc <= 1.0:
         raise C.ConfigError(f"train.target_acc={t.target_acc}: a fraction in [0, 1] (e.g. 0.94), 0 for off")
-    if not 0.0 <= t.ema < 1.0:
-        raise C.ConfigError(f"train.ema={t.ema}: an EMA decay in [0, 1) such as 0.999, 0 for off")
-    if cfg.optim.lr <= 0:
-        raise C.ConfigError(f"optim.lr={cfg.optim.lr}: must be positive")
+    if o.lr <= 0:
+        raise C.ConfigError(f"optim.lr={o.lr}: must be positive")
+
+
+def accum_divisor(batch: int, batches: int, grad_accum: int) -> int:
+    """How many micro-batches the accumulation group of micro-batch `batch` (0-based, of `batches` in the
+    epoch) holds: `grad_accum`, except a shorter last group, whose gradient is then still a mean."""
+    group_start = batch - batch % grad_accum
+    return min(grad_accum, batches - group_start)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,16 +140,20 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, set_seed
 
-    from harness.models import create_model, model_facts
+    from harness.models import create_model, model_facts, save_weights
 
-    # ---- accelerator: one owner for precision and compilation (the config), topology from the launcher
-    dynamo = TorchDynamoPlugin(backend="inductor" if cfg.train.compile else "no",
+    # ---- accelerator: precision and compilation from the config and the launcher (they must agree),
+    # topology from the launcher. The resolved values are what config.yaml records.
+    cuda = torch.cuda.is_available()
+    cfg.train.precision = resolve_precision(cfg.train.precision, cuda=cuda,
+                                            bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    cfg.train.compile, dynamo_backend = resolve_compile(cfg.train.compile, cuda=cuda)
+    dynamo = TorchDynamoPlugin(backend=dynamo_backend if cfg.train.compile else "no",
                                mode=cfg.train.compile_mode if cfg.train.compile else None)
     # cpu=True on a machine without CUDA: under a multi-process launcher accelerate then forms a gloo
     # process group (without it, each process silently trains alone as world size 1)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
-                              cpu=not torch.cuda.is_available(), dynamo_plugin=dynamo,
-                              log_with="wandb" if cfg.run.wandb else None)
+    accelerator = Accelerator(mixed_precision="no" if cfg.train.precision == "fp32" else cfg.train.precision,
+                              cpu=not cuda, dynamo_plugin=dynamo, log_with="wandb" if cfg.run.wandb else None)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main_proc = accelerator.is_main_process
     check_config(cfg, world)
@@ -167,20 +165,28 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.train.resume and checkpoints.latest() is not None:  # never train over another run's checkpoints
         raise UserError(f"run.dir={run_dir} already holds a run (checkpoint {checkpoints.latest()}). Continue it "
                         f"with train.resume=auto, or choose a new run.dir.")
+    lock, lock_error = None, [None]
     if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunLock(run_dir)  # held until this process ends: one training per run directory
+        except UserError as e:
+            lock_error = [str(e)]
+    broadcast_object_list(lock_error)  # every rank stops, not only the one that found the lock taken
+    if lock_error[0]:
+        raise UserError(lock_error[0])
+    if main_proc:
         (run_dir / "config.yaml").write_text(C.to_yaml(cfg))
         record_provenance(run_dir / "provenance.json", provenance(world, device))
     set_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
     # fixed 32x32 shapes: let cuDNN pick the fastest convolution algorithms once, at the first steps
     torch.backends.cudnn.benchmark = True
 
-    # ---- data ----------------------------------------------------------------------------------------
+    # ---- data: each rank renders its slice of every global batch of one shared plan ---------------
     ds = load_data(cfg, accelerator)
     num_classes = cfg.model.num_classes or ds.num_classes
     train_split, val_split = split_train_val(ds, cfg.data.limit_train, cfg.data.val_size)
     backend = resolve_backend(cfg.data.backend, device)
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
     common = dict(rank=rank, world=world, seed=cfg.run.seed, device=device, dtype=dtype,
                   channels_last=cfg.train.channels_last)
     augment = Augment(enabled=cfg.data.augment, padding=cfg.data.crop_padding, flip=cfg.data.flip,
@@ -194,21 +200,23 @@ def main(argv: list[str] | None = None) -> dict:
     eval_loaders = {name: build_loader(eval_backend, s.images, s.labels, eval_batch, train=False, **common)
                     for name, s in (("val", val_split), ("test", ds.test)) if s is not None}
 
-    # ---- model, optimiser ------------------------------------------------------------------------
-    model = create_model(cfg.model.name, num_classes=num_classes).to(device)
+    # ---- model, EMA, optimiser: the raw model is kept for EMA and for saving ----------------------
+    raw_model = create_model(cfg.model.name, num_classes=num_classes).to(device)
     if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    peak_lr = scaled_lr(cfg)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
-    ema = None
-    if cfg.train.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and world > 1:
+        from harness import syncbn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
-        ema.to(device)
+        raw_model = syncbn.convert(raw_model, cuda)
+    ema = EMA(raw_model, cfg.train.ema) if cfg.train.ema > 0 else None
+    peak_lr = scaled_lr(cfg)
+    optimizer = build_optimizer(raw_model, cfg.optim, peak_lr)
+    # identical weights above; from here each rank draws its own dropout/DropPath masks
+    set_seed(cfg.run.seed, device_specific=True)
 
     # ---- compile + DDP (accelerate wraps DDP first, then compiles) --------------------------------------
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(raw_model, optimizer)
+    checkpoints.attach(raw_model)  # checkpoints hold the raw model's own state dict
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if ema is not None:
@@ -237,27 +245,41 @@ def main(argv: list[str] | None = None) -> dict:
             f"compile={cfg.train.compile} | run dir {run_dir}")
 
     # ---- loop ------------------------------------------------------------------------------------------
-    stop = StopSignal()
+    stop = StopRequest(accelerator)
     stop_signal, results, saved_step = 0, {}, -1
-    progress = None
-    if main_proc and cfg.run.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    say = progress.write if progress else accelerator.print
-    if main_proc:
-        say(f"{'epoch':>5} {'step':>7} {'loss':>7} {'train':>6} {'val':>6} {'test':>6} {'lr':>8} {'img/s':>9} "
-            f"{'epoch_s':>7}")
+    progress = Progress(total_steps, initial=state.step, unit="step", show=main_proc and cfg.run.progress)
+    say = progress.write if main_proc else (lambda line: None)
+    say(f"{'epoch':>5} {'step':>7} {'loss':>7} {'train':>6} {'val':>6} {'test':>6} {'lr':>8} {'img/s':>9} "
+        f"{'epoch_s':>7}")
     start_wall = time.perf_counter()
     interval, epoch_meter = Meter(device), Meter(device)
     lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+    should_stop = lambda: stop.poll() != 0  # noqa: E731  (asked between evaluation batches, on every rank)
+
+    def evaluate_now() -> dict | None:
+        """Evaluate, or None when a stop signal cut the evaluation short (resumed runs redo it)."""
+        try:
+            return evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg, should_stop)
+        except Interrupted:
+            return None
+
     model.train()
     try:
-        while state.epoch < cfg.train.epochs and state.step < total_steps and not target_reached(state, cfg):
+        if state.pending_eval:  # stopped during the last evaluation: do it now, before training on
+            results = evaluate_now()
+            if results is None:
+                stop_signal = stop.signum or signal.SIGTERM
+            else:
+                state.pending_eval = False
+                _record_epoch(state, results, cfg, tracker, say, lr, float("nan"), None, 0.0, None)
+        while (not stop_signal and state.epoch < cfg.train.epochs and state.step < total_steps
+               and not target_reached(state, cfg)):
             train_loader.set_epoch(state.epoch)
             train_loader.load_state_dict({"epoch": state.epoch, "batch": state.batch})
             first_batch = state.batch
+            # the throughput interval restarts with its clock: evaluation and checkpoints between epochs
+            # are neither in its time nor in its image count
+            interval.reset()
             epoch_meter.reset()
             epoch_t0 = last_t = time.perf_counter()
             last_step, data_s = state.step, 0.0
@@ -269,13 +291,14 @@ def main(argv: list[str] | None = None) -> dict:
                     break
                 x, y = batch
                 data_s += time.perf_counter() - t_data  # host time to produce the batch
+                group = accum_divisor(state.batch, len(train_loader), cfg.train.grad_accum)
                 sync = (state.batch + 1) % cfg.train.grad_accum == 0 or state.batch + 1 == len(train_loader)
-                # micro-batches before the last of an accumulation skip DDP's gradient all-reduce
+                # micro-batches before the last of an accumulation group skip DDP's gradient all-reduce
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     with accelerator.autocast():
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
-                    accelerator.backward(loss / cfg.train.grad_accum)
+                    accelerator.backward(loss / group)  # the group's mean gradient, a short last group too
                 stats = torch.stack([loss.detach() * len(y), (logits.detach().argmax(1) == y).sum().float()])
                 interval.add(stats, len(y))
                 epoch_meter.add(stats, len(y))
@@ -290,10 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
-                    ema.update_parameters(accelerator.unwrap_model(model))
+                    ema.update()
                 state.step += 1
-                if progress:
-                    progress.update(1)
+                progress.update(1)
                 if state.step % cfg.run.log_every == 0 or state.step == total_steps:
                     loss_mean, acc, seen = interval.read(accelerator)  # the interval's one host sync
                     if not math.isfinite(loss_mean):
@@ -305,12 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
                            "step_ms": 1000 * dt_s / steps, "data_ms": 1000 * data_s / steps,
                            "peak_mem_mb": peak_memory_mb(device), "time_s": time.perf_counter() - start_wall}
                     tracker.log(row)
-                    if progress:
-                        progress.set_postfix(loss=f"{loss_mean:.3f}", img_s=f"{row['images_per_s']:.0f}")
+                    progress.update(0, loss=f"{loss_mean:.3f}", img_s=f"{row['images_per_s']:.0f}")
                     interval.reset()
                     last_step, last_t, data_s = state.step, time.perf_counter(), 0.0
-                if state.step % 10 == 0 or world == 1:  # multi-process: agree on the stop every 10 steps
-                    stop_signal = stop.agreed(accelerator)
+                stop_signal = stop.poll()  # every step, never blocking: the verdict of one step ago
                 if stop_signal or state.step >= total_steps:
                     break
             if device.type == "cuda":
@@ -327,8 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
             finished = state.epoch >= cfg.train.epochs or state.step >= total_steps
             if stop_signal and not epoch_done:
                 break
-            if finished or state.epoch % cfg.train.eval_every == 0:
-                results = _evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
+            if finished or (cfg.train.eval_every and state.epoch % cfg.train.eval_every == 0):
+                results = evaluate_now()
+                if results is None:  # a stop signal arrived during the evaluation
+                    state.pending_eval, stop_signal = True, stop.signum or signal.SIGTERM
+                    break
                 _record_epoch(state, results, cfg, tracker, say, lr, loss_mean, train_acc, epoch_s,
                               state.epoch_rates[-1] if epoch_done else None)
             reached = target_reached(state, cfg)
@@ -340,30 +363,38 @@ def main(argv: list[str] | None = None) -> dict:
                     f"training: stopping")
             if stop_signal or reached:
                 break
+        if not stop_signal:
+            stop_signal = stop.drain()  # a signal in the last step still gets its checkpoint and exit code
     except torch.OutOfMemoryError:
         raise UserError(
             f"out of memory on {device} with {per_rank_batch} images per process ({cfg.model.name}, "
             f"{cfg.train.precision}). Lower train.batch_size (now {cfg.train.batch_size}) and raise "
             f"train.grad_accum to keep the effective batch. Checkpoints in {checkpoints.dir} are intact.") from None
     finally:
-        if progress:
-            progress.close()
+        progress.close()
 
     if stop_signal:
-        path = checkpoints.save(state.step) if saved_step != state.step else checkpoints.latest()
+        path = checkpoints.save(state.step) if saved_step != state.step or state.pending_eval else checkpoints.latest()
         say(f"stopped by signal {stop_signal} at epoch {state.epoch + 1}, batch {state.batch}: checkpoint {path}. "
             f"Resume with: train.resume=auto run.dir={run_dir}")
         tracker.close()
         accelerator.end_training()
+        if lock:
+            lock.release()
         raise SystemExit(128 + stop_signal)
 
     # ---- report --------------------------------------------------------------------------------------
     if not results:  # resumed a finished run: evaluate once more for the summary
-        results = _evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
+        results = evaluate_all(model, ema, eval_loaders, accelerator, num_classes, cfg)
     wall_s = time.perf_counter() - start_wall
     # DDP's invariant, recorded in the summary: every rank ends with the same weights
-    checksum = sum(p.detach().double().sum() + p.detach().double().square().sum() for p in model.parameters())
+    checksum = sum(p.detach().double().sum() + p.detach().double().square().sum() for p in raw_model.parameters())
     checksums = accelerator.gather(checksum.reshape(1).to(device)).tolist()
+    if main_proc:  # the run's weights, plain: create_model(name) + load_state_dict, or harness.models.load_run
+        meta = {"model": cfg.model.name, "num_classes": num_classes}
+        save_weights(raw_model, run_dir / "model.safetensors", **meta)
+        if ema is not None:
+            save_weights(ema.module, run_dir / "ema.safetensors", **meta)
     rates = state.epoch_rates[1:] or state.epoch_rates  # epoch 1 holds compilation and autotuning
     summary = {
         "model": cfg.model.name, "dataset": ds.name, "params": facts.get("params"), "gflops": facts.get("gflops"),
@@ -380,10 +411,11 @@ def main(argv: list[str] | None = None) -> dict:
         "target_acc": cfg.train.target_acc or None, "time_to_target_s": state.time_to_target_s,
         "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
         "backend": backend, "device": provenance(world, device)["devices"][0], "peak_mem_mb": peak_memory_mb(device),
-        "param_checksums": checksums,
+        "param_checksums": checksums, "weights": "ema.safetensors" if ema is not None else "model.safetensors",
     }
     if main_proc:
         write_json(run_dir / "summary.json", summary)
+        tracker.summary(summary)
         say(f"test accuracy {summary['test_acc']:.4f}"
             + (f" | val {summary['val_acc']:.4f}" if summary["val_acc"] is not None else "")
             + f" | {summary['train_images_per_s'] or 0:.0f} img/s | wall {wall_s:.1f} s | {run_dir / 'summary.json'}")
@@ -391,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"per-class test accuracy: {per_class}")
     tracker.close()
     accelerator.end_training()
+    if lock:
+        lock.release()
     return summary
 
 
@@ -417,12 +451,6 @@ class Meter:
         self.n = 0
 
 
-def _evaluate_all(model, ema, loaders, accelerator, num_classes, cfg) -> dict:
-    """Evaluate the EMA weights when EMA is on (they are the ones the run reports), else the model."""
-    net = ema.module if ema is not None else model
-    return {name: evaluate(net, loader, accelerator, num_classes, cfg.train.tta_flip) for name, loader in loaders.items()}
-
-
 def target_reached(state: TrainState, cfg: C.Config) -> bool:
     return bool(cfg.train.target_acc) and state.time_to_target_s is not None
 
@@ -440,7 +468,7 @@ def _record_epoch(state, results, cfg, tracker, say, lr, train_loss, train_acc, 
     if val is not None:
         row.update(val_acc=val["acc"], val_loss=val["loss"])
     tracker.log(row)
-    fmt = lambda v: f"{v:6.4f}" if v is not None else "     -"  # noqa: E731
+    fmt = lambda v: f"{v:6.4f}" if v is not None and math.isfinite(v) else "     -"  # noqa: E731
     say(f"{state.epoch:>5} {state.step:>7} {train_loss:7.4f} {fmt(train_acc)} {fmt(val and val['acc'])} "
         f"{fmt(test['acc'])} {lr:8.5f} {images_per_s or 0:9.0f} {epoch_s:7.1f}")
 

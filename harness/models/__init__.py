@@ -18,6 +18,7 @@ from .registry import (
     model_source,
     register_model,
 )
+from .weights import load_run, load_weights, save_weights
 
 __all__ = [
     "UnknownModelError",
@@ -25,7 +26,10 @@ __all__ = [
     "create_model",
     "forward_flops",
     "list_models",
+    "load_run",
+    "load_weights",
     "model_facts",
     "model_source",
     "register_model",
+    "save_weights",
 ]
