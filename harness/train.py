@@ -127,6 +127,25 @@ def check_config(cfg: C.Config, world: int) -> None:
         raise C.ConfigError(f"optim.lr={o.lr}: must be positive")
 
 
+def build_model(cfg: C.Config, num_classes: int, device, world: int) -> torch.nn.Module:
+    """The raw model on its device: the same initial weights on every rank (seeded alike; DDP broadcasts
+    them too), then a per-rank RNG so that dropout/DropPath masks differ between ranks."""
+    from accelerate.utils import set_seed
+
+    from harness.models import create_model
+
+    set_seed(cfg.run.seed)
+    model = create_model(cfg.model.name, num_classes=num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and world > 1:
+        from harness import syncbn
+
+        model = syncbn.convert(model, device.type == "cuda")
+    set_seed(cfg.run.seed, device_specific=True)  # seed + process index, for every RNG accelerate knows
+    return model
+
+
 def accum_divisor(batch: int, batches: int, grad_accum: int) -> int:
     """How many micro-batches the accumulation group of micro-batch `batch` (0-based, of `batches` in the
     epoch) holds: `grad_accum`, except a shorter last group, whose gradient is then still a mean."""
@@ -138,9 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- config ------------------------------------------------------------------------------------
     cfg = C.parse_args(C.Config, argv, prog="harness.train")
     from accelerate import Accelerator
-    from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, set_seed
+    from accelerate.utils import TorchDynamoPlugin, broadcast_object_list
 
-    from harness.models import create_model, model_facts, save_weights
+    from harness.models import model_facts, save_weights
 
     # ---- accelerator: precision and compilation from the config and the launcher (they must agree),
     # topology from the launcher. The resolved values are what config.yaml records.
@@ -177,7 +196,6 @@ def main(argv: list[str] | None = None) -> dict:
     if main_proc:
         (run_dir / "config.yaml").write_text(C.to_yaml(cfg))
         record_provenance(run_dir / "provenance.json", provenance(world, device))
-    set_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
     # fixed 32x32 shapes: let cuDNN pick the fastest convolution algorithms once, at the first steps
     torch.backends.cudnn.benchmark = True
 
@@ -201,18 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
                     for name, s in (("val", val_split), ("test", ds.test)) if s is not None}
 
     # ---- model, EMA, optimiser: the raw model is kept for EMA and for saving ----------------------
-    raw_model = create_model(cfg.model.name, num_classes=num_classes).to(device)
-    if cfg.train.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    if cfg.train.sync_bn and world > 1:
-        from harness import syncbn
-
-        raw_model = syncbn.convert(raw_model, cuda)
+    raw_model = build_model(cfg, num_classes, device, world)
     ema = EMA(raw_model, cfg.train.ema) if cfg.train.ema > 0 else None
     peak_lr = scaled_lr(cfg)
     optimizer = build_optimizer(raw_model, cfg.optim, peak_lr)
-    # identical weights above; from here each rank draws its own dropout/DropPath masks
-    set_seed(cfg.run.seed, device_specific=True)
 
     # ---- compile + DDP (accelerate wraps DDP first, then compiles) --------------------------------------
     model, optimizer = accelerator.prepare(raw_model, optimizer)

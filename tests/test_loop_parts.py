@@ -254,3 +254,32 @@ def test_eval_every_zero_evaluates_only_the_last_epoch_and_throughput_rows_are_c
         assert seen == pytest.approx(64, rel=1e-6), r
     assert (run / "model.safetensors").is_file()
     assert not os.path.exists(run / "ema.safetensors")
+
+
+def _seed_worker(rank, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    from accelerate import Accelerator
+
+    from harness.train import build_model
+
+    acc = Accelerator(cpu=True)
+    cfg = C.apply_overrides(C.Config(), ["model.name=simple_cnn", "train.channels_last=false"])
+    model = build_model(cfg, 10, acc.device, acc.num_processes)
+    weights = sum(float(p.detach().double().sum()) for p in model.parameters())
+    mask = torch.nn.functional.dropout(torch.ones(256), 0.5, training=True).nonzero().flatten().tolist()
+    results[rank] = (acc.num_processes, weights, mask)
+    acc.wait_for_everyone()
+    acc.end_training()  # also ends the process group
+
+
+def test_ranks_start_from_the_same_weights_but_draw_their_own_dropout_masks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_seed_worker, args=(port, results), nprocs=2, join=True)
+    (w0, a, mask0), (w1, b, mask1) = results[0], results[1]
+    assert w0 == w1 == 2
+    assert a == b  # identical initial weights
+    assert mask0 != mask1  # different dropout masks
