@@ -12,9 +12,15 @@ The same machinery (`parse_args`, `from_dict`, `apply_overrides`) serves every e
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,8 +43,9 @@ def choices(*allowed, default):
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # any name from `python -m harness.models`
+    name: str = "resnet18"  # a name from `python -m harness.models`, or your own: my_pkg.my_module:build, timm/<name>
     num_classes: int = 0  # 0: taken from the dataset (10 for CIFAR-10, 100 for CIFAR-100)
+    init_from: str = ""  # start from these weights: a run directory, a .safetensors/.pth state dict, or torchvision ImageNet weights (keys that do not fit are re-initialised and listed)
 
 
 @dataclass
@@ -60,15 +67,16 @@ class DataConfig:
     prefetch: int = 2  # DALI prefetch queue depth
     drop_last: bool = True  # training: drop the incomplete last batch (evaluation never drops)
     synthetic_size: int = 50000  # images per epoch for backend=synthetic
+    classes: list[int] = field(default_factory=list)  # keep only these class indices, relabelled 0..k-1 in this order ([]: all)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 128  # global: split evenly across processes
-    precision: str = choices("fp32", "bf16", default="bf16")
+    precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")  # auto: the launcher's --mixed_precision, else bf16 on a GPU that has it, fp16 (grad scaler) on older GPUs, fp32 on a CPU
     channels_last: bool = True
-    compile: bool = True
+    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: the launcher's --dynamo_backend, else on for a GPU, off for a CPU
     compile_mode: str = choices(
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", default="default"
     )
@@ -79,9 +87,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # EMA decay of the weights, evaluated instead of the raw weights (0: off)
     tta_flip: bool = False  # average logits of the image and its mirror at evaluation
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated; 0: only the last)
     eval_batch_size: int = 1000  # global
     max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
+    sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (small per-GPU batches; restores the 1-GPU trajectory for BN models)
+    log_grad_norms: bool = False  # per-layer gradient norms (by depth) at log intervals, to grad_norms.jsonl
+    freeze: str = choices("none", "head", "gradual", default="none")  # head: train only the classifier; gradual: then unfreeze stages from the top at train.unfreeze_epochs
+    unfreeze_epochs: list[int] = field(default_factory=list)  # freeze=gradual: epoch at which the 1st, 2nd, ... stage below the head starts training (stages not listed stay frozen)
 
 
 @dataclass
@@ -98,6 +110,7 @@ class OptimConfig:
     schedule: str = choices("cosine", "onecycle", "linear", "constant", default="cosine")
     warmup_epochs: float = 0.0  # linear warm-up from 0 (onecycle: the rising part; default 0.3 * epochs)
     min_lr_ratio: float = 0.0  # the schedule's floor, as a fraction of the peak lr
+    layer_lr_decay: float = 1.0  # discriminative lr: each stage below the head trains at lr x decay^depth-from-top (1: off)
 
 
 @dataclass
@@ -109,7 +122,7 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end and on a signal)
     keep_checkpoints: int = 2
     progress: bool = True  # a progress bar with ETA on the console (rank 0)
-    wandb: bool = True  # W&B tracking through accelerate (offline unless WANDB_API_KEY is set)
+    wandb: bool = True  # W&B tracking through accelerate (offline unless W&B credentials are found: harness.run.wandb_mode)
     wandb_project: str = "harness"
     wandb_group: str = ""
 
@@ -199,7 +212,7 @@ def _set_field(obj, f: dataclasses.Field, value: Any, key: str) -> None:
     value = _coerce(value, tp, key)
     allowed = f.metadata.get("choices")
     if allowed and value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(_value_text, allowed))}")
     setattr(obj, f.name, value)
 
 
@@ -296,13 +309,85 @@ def load(cls, path: str | Path | None = None, overrides: list[str] | None = None
     return apply_overrides(cfg, overrides or [])
 
 
-def parse_args(cls, argv: list[str] | None = None, prog: str = "harness"):
-    """`[--config FILE] [key=value ...]` -> a checked `cls` instance. `--help` prints every key."""
+@functools.lru_cache(maxsize=None)
+def field_descriptions(cls) -> dict[str, str]:
+    """{field name: description} read from the class's source: the `# comment` at the end of the field's
+    line (any line of a field written over several), else the comment lines right above the field. The
+    comment beside a field is its one description, for the reader of config.py and for `--help` alike.
+    Read once per class; a class without source (built at runtime) has no descriptions."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments, own_line = {}, set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            if not tok.line[: tok.start[1]].strip():
+                own_line.add(tok.start[0])
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        lines = range(node.lineno, node.end_lineno + 1)
+        text = " ".join(comments[n] for n in lines if n in comments and n not in own_line)
+        if not text:
+            above, n = [], node.lineno - 1
+            while n in own_line:
+                above.insert(0, comments[n])
+                n -= 1
+            text = " ".join(above)
+        if text:
+            out[node.target.id] = text
+    return out
+
+
+def _type_text(tp) -> str:
+    """`list[float]`, `dict[str, Any]`, `int | None`: the type as written in the dataclass."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_text(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None and typing.get_args(tp):
+        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_text(a) for a in typing.get_args(tp))}]"
+    return _type_name(tp)
+
+
+def _value_text(value) -> str:
+    """A value as it is typed on the command line (YAML flow style): 0.1, true, '', [0.9, 0.999]."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
+def help_text(cls, prog: str = "harness", usage: str | None = None) -> str:
+    """Every key of `cls` (nested sections included): `key=default`, its type and choices, and its
+    description (the field's comment in the source)."""
+    lines = [f"usage: {usage or f'{prog} [--config FILE.yaml] [key=value ...]'}", "",
+             "Later wins: defaults, then the --config file, then key=value overrides (values are YAML: "
+             "0.1, true, [1, 2]).", ""]
+
+    def walk(obj, prefix: str) -> None:
+        hints, notes = typing.get_type_hints(type(obj)), field_descriptions(type(obj))
+        for f in dataclasses.fields(obj):
+            key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.extend([""] * bool(lines[-1]) + [f"{key}:" + (f"  # {notes[f.name]}" if f.name in notes else "")])
+                walk(value, key + ".")
+                continue
+            kind = _type_text(hints[f.name])
+            if f.metadata.get("choices"):
+                kind += ": " + " | ".join(_value_text(c) for c in f.metadata["choices"])
+            lines.append(f"  {key}={_value_text(value)}".ljust(36) + f" ({kind})")
+            if f.name in notes:
+                lines.extend(textwrap.wrap(notes[f.name], 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+
+    walk(cls(), "")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(cls, argv: list[str] | None = None, prog: str = "harness", usage: str | None = None):
+    """`[--config FILE] [key=value ...]` -> a checked `cls` instance. `--help` prints every key with its
+    type, default, choices and description (`help_text`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {prog} [--config configs/X.yaml] [section.key=value ...]\n\nkeys and defaults:")
-        for line in to_yaml(cls()).splitlines():
-            print("  " + line)
+        print(help_text(cls, prog, usage), end="")
         raise SystemExit(0)
     path = None
     overrides = []

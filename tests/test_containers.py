@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,7 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 def install_extras(text: str) -> set[str] | None:
     """The extras of the first `pip install ... .[a,b]` (or `pip install -e .`: no extras) in text."""
-    m = re.search(r"pip install[^\n]*?(?:\s|['\"])\.(?:\[([\w,\s-]+)\])?['\"]?(?:\s|$)", text)
+    m = re.search(r"pip install[^\n]*?(?:\s|['\"])\.(?:\[([\w,\s-]+)\])?['\"]?(?:[\s`]|$)", text)
     return None if m is None else {e.strip() for e in (m.group(1) or "").split(",") if e.strip()}
 
 
@@ -66,6 +68,52 @@ def test_install_matches_the_readme():
         assert install_extras(text) == expected, path.name
         assert re.search(r"pip install --(?:no-cache-dir --)?constraint \S+ -e '\.\[", text), path.name
         assert "pip list --format=freeze" in text, path.name
+
+
+def image_env(path: Path) -> dict[str, str]:
+    """The variables the image sets: the Dockerfile's ENV instructions, the def file's %environment exports."""
+    if path.suffix == ".def":
+        section = re.search(r"^%environment\s*\n(.*?)^%", path.read_text(), re.M | re.S).group(1)
+        return dict(re.findall(r"^\s*export\s+(\w+)=(\S+)", section, re.M))
+    env = {}
+    for op, args in instructions(path.read_text()):
+        if op == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", args))
+    return env
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, DEF], ids=["Dockerfile", "harness.def"])
+def test_image_ignores_the_users_local_packages_and_accelerate_config(path, tmp_path):
+    """A user's home (mounted by Apptainer, or by hand) holds a package in ~/.local that would shadow the
+    image's and an accelerate default config (fp16): with the image's environment neither is used."""
+    env = image_env(path)
+    assert env.get("PYTHONNOUSERSITE") == "1" and env.get("HF_HOME", "").startswith("/opt/")
+    home = tmp_path / "home"
+    config = home / ".cache" / "huggingface" / "accelerate" / "default_config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("compute_environment: LOCAL_MACHINE\nmixed_precision: fp16\nnum_processes: 3\n")
+    user = {**os.environ, "HOME": str(home)}
+    user.pop("HF_HOME", None), user.pop("XDG_CACHE_HOME", None), user.pop("PYTHONNOUSERSITE", None)
+    image = {**user, **env}
+
+    probe = "from accelerate.commands.config import default_config_file as f; import os; print(os.path.isfile(f), f)"
+    run = lambda e: subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True,  # noqa: E731
+                                   check=True).stdout.split()
+    assert run(user) == ["True", str(config)]  # the user's config would be read ...
+    found, where = run(image)
+    assert found == "False" and where.startswith(env["HF_HOME"])  # ... but not in the image
+
+    # ~/.local: the base interpreter (a venv never reads the user site, an image's python does)
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    if not base.is_file():
+        pytest.skip(f"no base interpreter at {base}")
+    site_dir = subprocess.run([str(base), "-c", "import site; print(site.getusersitepackages())"], env=user,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    Path(site_dir).mkdir(parents=True)
+    (Path(site_dir) / "shadow_probe_xyz.py").write_text("")
+    importable = lambda e: subprocess.run([str(base), "-c", "import shadow_probe_xyz"], env=e,  # noqa: E731
+                                          capture_output=True).returncode == 0
+    assert importable(user) and not importable(image)
 
 
 def test_hadolint():

@@ -51,15 +51,17 @@ def test_scripts_parse_and_pass_shellcheck(path):
 
 
 def fake_slurm(tmp_path: Path) -> dict:
-    """Stand-ins on PATH: srun drops its options and runs the rest; scontrol answers `show hostnames` and
-    records `requeue`; accelerate records its arguments, then waits until SIGTERM and exits 143."""
+    """Stand-ins on PATH: srun records and drops its options and runs the rest; scontrol answers `show
+    hostnames` and records `requeue`; accelerate records its environment and arguments, then waits until
+    SIGTERM and exits 143."""
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir()
     log.mkdir()
     scripts = {
-        "srun": 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"',
+        "srun": f'while [[ "$1" == --* ]]; do echo "$1" >> {log}/srun; shift; done\nexec "$@"',
         "scontrol": f'if [ "$1" = show ]; then echo node-a; echo node-b; else echo "$@" >> {log}/scontrol; fi',
-        "accelerate": (f'trap \'echo TERM > {log}/term; exit 143\' TERM\nprintf "%s\\n" "$@" > {log}/args.tmp\n'
+        "accelerate": (f'trap \'echo TERM > {log}/term; exit 143\' TERM\nenv > {log}/env\n'
+                       f'printf "%s\\n" "$@" > {log}/args.tmp\n'
                        f'mv {log}/args.tmp {log}/args\nwhile true; do sleep 0.05; done'),
     }
     for name, body in scripts.items():
@@ -67,8 +69,16 @@ def fake_slurm(tmp_path: Path) -> dict:
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_NODEID": "1",
-           "SLURM_GPUS_PER_NODE": "h100:4"}
+           "SLURM_GPUS_PER_NODE": "h100:4", "SLURM_CPUS_PER_TASK": "32"}
+    for var in ("NCCL_DEBUG", "OMP_NUM_THREADS", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "TORCH_NCCL_TRACE_BUFFER_SIZE",
+                "TORCH_NCCL_DUMP_ON_TIMEOUT", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE", "SLURM_CPUS_ON_NODE"):
+        env.pop(var, None)  # the scripts' defaults, not this machine's settings
     return {"env": env, "log": log}
+
+
+def step_env(fake: dict) -> dict:
+    """The environment the launcher saw inside the step."""
+    return dict(line.split("=", 1) for line in (fake["log"] / "env").read_text().splitlines() if "=" in line)
 
 
 def preempt(cmd: list[str], fake: dict) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -97,6 +107,48 @@ def test_train_sbatch_builds_the_multinode_launch_and_requeues_on_usr1(tmp_path)
     assert (fake["log"] / "term").exists(), done.stdout  # the step got SIGTERM and could checkpoint
     assert (fake["log"] / "scontrol").read_text().split() == ["requeue", "4242"]
     assert done.returncode == 143, done.stdout
+    # the step gets the job's CPUs (srun stopped inheriting --cpus-per-task in Slurm 22.05), each of the 4
+    # ranks a quarter of them as threads
+    assert "--cpus-per-task=32" in (fake["log"] / "srun").read_text().split()
+    env = step_env(fake)
+    assert env["OMP_NUM_THREADS"] == "8"
+    # torchrun's SIGTERM -> SIGKILL grace, long enough for a checkpoint, shorter than the 120 s warning
+    assert 30 < int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < 120
+    assert env["NCCL_DEBUG"] == "WARN" and env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith("runs/slurm-4242/")
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
+def test_sbatch_defaults_give_way_to_the_environment(tmp_path, script):
+    """Site settings exported before sbatch win over every default; without --cpus-per-task the node's
+    CPUs are used."""
+    fake = fake_slurm(tmp_path)
+    del fake["env"]["SLURM_CPUS_PER_TASK"]
+    fake["env"].update(SLURM_CPUS_ON_NODE="12", NCCL_DEBUG="INFO", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="300",
+                       OMP_NUM_THREADS="2", SLURM_ARRAY_TASK_ID="0")
+    commands = tmp_path / "commands.txt"
+    commands.write_text("accelerate launch harness/train.py\n")
+    preempt(["bash", f"launch/slurm/{script}", *([str(commands)] if script == "sweep.sbatch" else [])], fake)
+    assert "--cpus-per-task=12" in (fake["log"] / "srun").read_text().split()
+    env = step_env(fake)
+    assert (env["NCCL_DEBUG"], env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"], env["OMP_NUM_THREADS"]) == ("INFO", "300", "2")
+
+
+def test_shutdown_grace_reaches_torchrun_through_accelerate_launch(monkeypatch):
+    """train.sbatch sets the grace as an environment variable: `accelerate launch` builds torchrun's
+    arguments without it, so torchrun's launch config must take it from the environment."""
+    import torch.distributed.run as distrib_run
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils.launch import _filter_args
+
+    args = launch_command_parser().parse_args(["--multi_gpu", "--num_processes", "2", "harness/train.py"])
+    torchrun_args = _filter_args(args, distrib_run.get_args_parser(),
+                                 ["--training_script", args.training_script, "--training_script_args", []])
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "100")
+    config = distrib_run.config_from_args(torchrun_args)[0]
+    if not hasattr(config, "shutdown_timeout"):
+        pytest.skip("this torch has the fixed 30 s grace (no TORCH_ELASTIC_SHUTDOWN_TIMEOUT)")
+    assert config.shutdown_timeout == 100
 
 
 def test_sweep_sbatch_runs_its_line_of_the_commands_file(tmp_path):

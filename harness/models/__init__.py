@@ -4,6 +4,8 @@
     model = create_model("resnet18", num_classes=100)
 
 `python -m harness.models [pattern]` prints every model with its parameters, forward GFLOPs and seed.
+`create_model` also builds models from outside the zoo: `my_pkg.my_module:build` (any importable callable
+taking num_classes) and `timm/<name>` (with the timm extra); see `registry.py`.
 """
 
 # Importing the family modules registers their factories.

@@ -3,6 +3,16 @@
 
 A factory is a plain function `def name(num_classes: int = 10, **kw) -> nn.Module` decorated with
 `@register_model(source="...")`; its function name is the registry name.
+
+Two more kinds of name reach models that live outside this package, with no edit here (train, bench and
+sweeps all build through `create_model`):
+  `my_pkg.my_module:build`  any importable callable taking `num_classes` (a function or a class); the
+                            module is found on sys.path (PYTHONPATH, an installed package, or the current
+                            directory)
+  `timm/<name>`             a timm model, randomly initialised (`pip install -e '.[timm]'`)
+Their models pass the check the zoo's tests apply to every registered model: an nn.Module that maps a
+(2, 3, 32, 32) batch to (2, num_classes) logits. A name that cannot be used raises `UnknownModelError`
+naming the fix.
 """
 
 from __future__ import annotations
@@ -10,6 +20,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,13 +36,15 @@ Factory = Callable[..., nn.Module]
 
 
 class UnknownModelError(UserError, ValueError):
-    """`create_model` was given a name that no factory registered."""
+    """`create_model` was given a name it cannot build: no factory registered under it, or a user or timm
+    model that cannot be imported or fails the checks."""
 
 
 @dataclass(frozen=True)
 class _Entry:
     factory: Factory
     source: str
+    external: bool = False  # a user or timm model: every model it builds is checked
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -63,6 +78,8 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def _entry(name: str) -> _Entry:
+    if name.startswith("timm/") or ":" in name:
+        return _external(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -75,8 +92,131 @@ def _entry(name: str) -> _Entry:
 
 
 def create_model(name: str, num_classes: int = 10, **kw: Any) -> nn.Module:
-    """Build a fresh, randomly initialised model by registry name."""
-    return _entry(name).factory(num_classes=num_classes, **kw)
+    """Build a fresh, randomly initialised model by registry name, `module:callable` or `timm/<name>`."""
+    entry = _entry(name)
+    model = entry.factory(num_classes=num_classes, **kw)
+    if entry.external:
+        check_model(model, name, num_classes)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# models from outside the zoo
+
+
+@functools.lru_cache(maxsize=None)
+def _external(name: str) -> _Entry:
+    """Resolve a user or timm name once and check one model built from it (on the meta device: shapes
+    only, so even a large model costs no memory), so that a mistake surfaces when the config is checked,
+    before a run directory is written."""
+    entry = _timm_entry(name) if name.startswith("timm/") else _import_entry(name)
+    try:
+        with torch.device("meta"):
+            check_model(entry.factory(num_classes=10), name, 10)
+        return entry
+    except UnknownModelError:
+        raise
+    except Exception:  # e.g. an op without a meta kernel: build and check it on the CPU, where errors are real
+        pass
+    try:
+        model = entry.factory(num_classes=10)
+    except Exception as e:
+        raise UnknownModelError(f"{name}(num_classes=10) failed: {type(e).__name__}: {e}. The callable must take "
+                                f"num_classes and return an nn.Module") from None
+    check_model(model, name, 10)
+    return entry
+
+
+def _import_entry(name: str) -> _Entry:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in (*module_name.split("."), *attr.split("."))):
+        raise UnknownModelError(f"{name!r} is not of the form package.module:callable (e.g. my_models.nets:build)")
+    try:
+        module = _import(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise UnknownModelError(
+                f"{name}: no module named {e.name!r} on the Python path. Run from the folder that holds it, "
+                f"add that folder to PYTHONPATH, or pip install the package; `python -c 'import {module_name}'` "
+                f"must work") from None
+        raise UnknownModelError(f"{name}: importing {module_name} failed: it imports {e.name!r}, which is not "
+                                f"installed") from None
+    except Exception as e:  # the user's module raised while importing: show what, not a traceback of ours
+        raise UnknownModelError(f"{name}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+            close = difflib.get_close_matches(part, public, n=3)
+            raise UnknownModelError(
+                f"{name}: {module_name} ({getattr(module, '__file__', '?')}) has no attribute {attr!r}"
+                + (f"; did you mean {', '.join(close)}?" if close
+                   else f"; its callables: {', '.join(public) or 'none'}"))
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise UnknownModelError(f"{name}: {attr} is a value of type {type(fn).__name__}, not a callable; name a "
+                                f"function or class that takes num_classes and returns an nn.Module")
+    return _Entry(lambda num_classes=10, **kw: fn(num_classes=num_classes, **kw), f"{name} (user model)", True)
+
+
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        # `python -m harness.train` has the current directory on sys.path, `accelerate launch
+        # harness/train.py` has harness/ instead: look in the current directory in both cases
+        if os.getcwd() in sys.path:
+            raise
+        sys.path.append(os.getcwd())
+        return importlib.import_module(module_name)
+
+
+def _timm_entry(name: str) -> _Entry:
+    arch = name.removeprefix("timm/")
+    try:
+        import timm
+    except ImportError:
+        raise UnknownModelError(f"{name} needs timm, which is not installed: pip install -e '.[timm]' "
+                                f"(or pip install timm)") from None
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        raise UnknownModelError(f"{name}: timm {timm.__version__} has no model {arch!r}"
+                                + (f" (closest: {', '.join('timm/' + c for c in close)})" if close else "")
+                                + "; timm.list_models('pattern*') lists them")
+    # random initialisation, as the zoo's models: pretrained=True would download ImageNet weights
+    factory = functools.partial(timm.create_model, arch, pretrained=False)
+    return _Entry(lambda num_classes=10, **kw: factory(num_classes=num_classes, **kw), f"timm {timm.__version__}",
+                  True)
+
+
+def check_model(model: Any, name: str, num_classes: int) -> None:
+    """What every model must do here: be an nn.Module that maps a (2, 3, 32, 32) batch to (2, num_classes)
+    logits. Run in eval mode under no_grad (BatchNorm statistics stay untouched); the mode is restored."""
+    if not isinstance(model, nn.Module):
+        raise UnknownModelError(f"{name} returned a value of type {type(model).__name__}, not a torch.nn.Module; "
+                                f"the callable must build and return the model")
+    try:
+        p = next(model.parameters())
+        device, dtype = p.device, p.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, 32, 32, device=device, dtype=dtype))
+    except Exception as e:
+        if device.type == "meta":  # checked again on the CPU, where the error is the real one
+            raise RuntimeError(str(e)) from e
+        raise UnknownModelError(f"{name} fails on a batch of two 3x32x32 CIFAR images: {type(e).__name__}: "
+                                f"{e}") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, num_classes):
+        raise UnknownModelError(f"{name} maps a (2, 3, 32, 32) batch to {shape}, not the (2, {num_classes}) "
+                                f"logits expected; build the classifier with the num_classes it is given "
+                                f"({num_classes}) and return logits as one tensor")
 
 
 def model_source(name: str) -> str:
