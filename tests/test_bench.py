@@ -1,19 +1,26 @@
-"""The benchmark (harness/bench.py) on the CPU with tiny sizes: the CLI end to end once (sweep and ladder in
-one process, to pay torch's start-up and the compile once), user errors, and the pure pieces in-process.
+"""The benchmark (harness/bench/) on the CPU with tiny sizes: the zoo CLI end to end once (sweep and ladder
+in one process, to pay torch's start-up and the compile once), the data and ddp suites, two gloo processes
+agreeing on an out-of-memory retry, user errors, the datasheet peaks, and the pure pieces in-process.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import sys
 import types
 
 import pytest
 import torch
 
-from conftest import make_cifar, run_harness
-from harness import bench
+from conftest import REPO, make_cifar, run_harness
+from harness.bench import measure as M
+from harness.bench import outputs, peaks, specs
+from harness.bench.specs import BenchConfig, Spec
+from harness.data.loaders import dali_available
+from harness.errors import UserError
 from harness.models import model_facts
+from harness.timing import time_steps
 
 FAST = ["steps=2", "warmup=1", "repeats=1", "progress=false"]
 
@@ -26,8 +33,8 @@ def bench_out(tmp_path_factory):
     data = make_cifar(root / "data", "bin", n_train=128, n_test=16)
     out = root / "out"
     proc = run_harness(["models=simple_cnn,lenet5", "batch_sizes=8", "precision=fp32,bf16", "mode=both",
-                        "compile=false", "channels_last=false", "data=synthetic", "ladder=lenet5",
-                        "ladder_batch_size=8", "num_workers=1", f"data_root={data}", f"out={out}", "wandb=true",
+                        "compile=false", "channels_last=false", "data.backend=synthetic", "ladder=lenet5",
+                        "ladder_batch_size=8", "num_workers=1", f"data.root={data}", f"out={out}", "wandb=true",
                         *FAST], module="harness.bench")
     with open(out / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -47,7 +54,7 @@ def test_writes_every_report_file(bench_out):
     result = json.loads((out / "bench.json").read_text())
     env = result["environment"]
     assert env["provenance"]["world_size"] == 1 and "torch" in env["provenance"]["versions"]
-    assert any("harness.bench" in c or c.endswith("bench.py") for c in env["provenance"]["command"])
+    assert any("harness.bench" in c or c.endswith("bench/__main__.py") for c in env["provenance"]["command"])
     assert len(result["rows"]) == 14
 
 
@@ -77,17 +84,18 @@ def test_sweep_rows_are_sane(bench_out):
 def test_ladder_runs_cpu_rungs_and_skips_dali(bench_out):
     _, rows, _ = bench_out
     ladder = {r["rung"]: r for r in rows if r["rung"]}
-    assert list(ladder) == [name for name, *_ in bench.RUNGS]
+    assert list(ladder) == [name for name, *_ in specs.RUNGS]
     base = ladder["baseline (seeds)"]
     assert (base["precision"], base["channels_last"], base["compile"], base["data"]) == ("fp32", "False", "False",
                                                                                        "loader")
-    assert ladder["+compile"]["compile"] == "True" and ladder["+GPU-resident data"]["data"] == "torch"
-    for name in ("baseline (seeds)", "+bf16", "+channels_last", "+compile", "+GPU-resident data"):
+    assert ladder["+compile"]["compile"] == "True" and ladder["+GPU-resident data (GPU gather)"]["data"] == "torch"
+    for name in ("baseline (seeds)", "+bf16", "+channels_last", "+compile", "+GPU-resident data (GPU gather)"):
         r = ladder[name]
         assert r["error"] == "" and float(r["images_per_s"]) > 0, (name, r["error"])
         assert float(r["speedup_total"]) == pytest.approx(float(r["images_per_s"]) / float(base["images_per_s"]))
     assert float(base["speedup_step"]) == 1.0
-    assert "no GPU" in ladder["+DALI"]["skip_reason"] and ladder["+DALI"]["images_per_s"] == ""
+    dali = ladder["DALI-rendered batches (host gather)"]
+    assert "no GPU" in dali["skip_reason"] and dali["images_per_s"] == "" and dali["data"] == "dali"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -111,48 +119,159 @@ def test_oom_halves_the_batch_and_records_it(monkeypatch):
         return {"images_per_s": 100.0, "step_ms": 20.0, "step_ms_p10": 19.0, "step_ms_p90": 21.0,
                 "peak_mem_mb": 1.0, "warmup_s": 0.1}
 
-    monkeypatch.setattr(bench, "measure", fake_measure)
-    ctx = bench.Context(bench.BenchConfig(), types.SimpleNamespace(reduce=lambda t, op: t), torch.device("cpu"),
-                        0, 1, {"bf16": (10.0, "table")}, "test device")
-    row = bench.run_row(bench.Spec("lenet5", 8, "bf16", True, False, "synthetic", "train"), ctx)
+    monkeypatch.setattr(M, "measure", fake_measure)
+    ctx = M.Context(BenchConfig(), types.SimpleNamespace(reduce=lambda t, op: t), torch.device("cpu"),
+                    0, 1, {"bf16": (10.0, "table", 20.0)}, "test device")
+    row = M.run_row(Spec("lenet5", 8, "bf16", True, False, "synthetic", "train"), ctx)
     assert calls == [8, 4, 2]
     assert row["batch_size"] == 2 and row["oom_retry_from"] == 8
     assert row["mfu"] == pytest.approx(100.0 * 3 * model_facts("lenet5")["gflops"] / 1e3 / 10.0)
-    assert row["peak_source"] == "table"
+    assert row["peak_source"] == "table" and row["achievable_tflops"] == 20.0
+    assert row["mfu_achievable"] == pytest.approx(row["mfu"] / 2)  # the measured ceiling: half the datasheet
 
 
-def test_known_peaks_and_parsing():
-    assert bench.peak_from_table("NVIDIA H100 80GB HBM3", "bf16") == 989
-    assert bench.peak_from_table("NVIDIA H100 PCIe", "bf16") == 756
-    assert bench.peak_from_table("NVIDIA H200", "bf16") == 989
-    assert bench.peak_from_table("NVIDIA A100-SXM4-80GB", "bf16") == 312
-    assert bench.peak_from_table("NVIDIA L40S", "bf16") == 362
-    assert bench.peak_from_table("cpu (x86_64, 2 cores)", "bf16") is None
-    assert bench.resolve_models("lenet5,resnet1*,lenet5", "models") == ["lenet5", "resnet18"]
-    with pytest.raises(bench.UserError, match="no model matches 'zz\\*'"):
-        bench.resolve_models("zz*", "models")
-    assert bench.parse_ints("8, 16", "batch_sizes") == [8, 16]
-    with pytest.raises(bench.UserError, match="batch_sizes"):
-        bench.parse_ints("8,x", "batch_sizes")
-    with pytest.raises(bench.UserError, match="precision"):
-        bench.sweep_specs(bench.BenchConfig(precision="fp32,fp16"))
+@pytest.mark.parametrize("name, bf16, fp32", [  # names as torch.cuda.get_device_name prints them
+    ("NVIDIA H100 80GB HBM3", 989, 494),
+    ("NVIDIA H100 PCIe", 756, 378),
+    ("NVIDIA H100 NVL", 835, 418),
+    ("NVIDIA H200", 989, 494),
+    ("NVIDIA GH200 480GB", 989, 494),
+    ("NVIDIA A100-SXM4-80GB", 312, 156),
+    ("NVIDIA A100-SXM4-40GB", 312, 156),
+    ("NVIDIA A100-PCIE-40GB", 312, 156),
+    ("NVIDIA A100 80GB PCIe", 312, 156),
+    ("NVIDIA L40S", 362, 183),
+    ("NVIDIA L40", 181, 90.5),
+    ("NVIDIA L4", 121, 60),
+    ("NVIDIA A10", 125, 62.5),
+    ("NVIDIA A40", 150, 75),
+    ("Tesla V100-SXM2-32GB", None, 15.7),
+    ("Tesla V100-PCIE-16GB", None, 14.0),
+    ("Tesla T4", None, 8.1),
+    ("NVIDIA GeForce RTX 4090", 165, 82.6),
+])
+def test_datasheet_peaks_by_device_name(name, bf16, fp32):
+    assert peaks.peak_from_table(name, "bf16") == bf16
+    assert peaks.peak_from_table(name, "fp32") == fp32
+
+
+def test_unlisted_devices_fall_back_to_the_measured_peak():
+    """A CPU, an unlisted GPU (no partial-word match: an RTX A4000 is not an A40), or a GPU without bf16
+    tensor cores: MFU is against the measured matmul, and the row says so."""
+    for name in ("cpu (x86_64, 2 cores)", "NVIDIA RTX A4000", "NVIDIA GeForce GTX 1080"):
+        assert peaks.peak_from_table(name, "bf16") is None, name
+    fake = lambda device, p: {"bf16": 50.0, "fp32": 20.0}[p]  # noqa: E731
+    used, seen = peaks.device_peaks({"bf16", "fp32"}, torch.device("cpu"), "Tesla T4", "table", measure=fake)
+    assert used == {"bf16": (50.0, "measured", 50.0), "fp32": (8.1, "table", 20.0)}
+    assert seen["bf16"]["table_tflops"] is None and seen["fp32"]["measured_tflops"] == 20.0
+    used, _ = peaks.device_peaks({"bf16"}, torch.device("cpu"), "NVIDIA H100 80GB HBM3", "measured", measure=fake)
+    assert used == {"bf16": (50.0, "measured", 50.0)}  # peak=measured: the old convention, on request
+    assert "not in the datasheet table" in outputs.note({"mfu": 0.1, "peak_source": "measured"})
+    assert outputs.note({"mfu": 0.1, "peak_source": "table"}) == ""
+
+
+def test_parsing_and_suite_defaults():
+    assert specs.resolve_models("lenet5,resnet1*,lenet5", "models") == ["lenet5", "resnet18"]
+    with pytest.raises(UserError, match="no model matches 'zz\\*'"):
+        specs.resolve_models("zz*", "models")
+    assert specs.parse_ints("8, 16", "batch_sizes") == [8, 16]
+    with pytest.raises(UserError, match="batch_sizes"):
+        specs.parse_ints("8,x", "batch_sizes")
+    with pytest.raises(UserError, match="precision"):
+        specs.sweep_specs(BenchConfig(precision="fp32,fp16"))
+    cpu = specs.resolve_defaults(BenchConfig(suite="data"), "cpu")
+    assert (cpu.models, cpu.batch_sizes, cpu.compile) == ("simple_cnn", "32", False)  # small on a CPU
+    gpu = specs.resolve_defaults(BenchConfig(suite="data"), "cuda")
+    assert (gpu.models, gpu.batch_sizes) == ("resnet18,simple_cnn", "512")
+    zoo = specs.resolve_defaults(BenchConfig(models="", ladder="lenet5", steps=3, warmup=0), "cpu")
+    assert (zoo.models, zoo.batch_sizes, zoo.steps, zoo.warmup, zoo.repeats, zoo.compile) == ("", "128", 3, 0, 5, True)
 
 
 def test_scaling_efficiency_against_one_process(tmp_path):
     one = {"model": "lenet5", "batch_size": 8, "precision": "bf16", "channels_last": True, "compile": False,
            "data": "synthetic", "mode": "train", "rung": "", "images_per_s": 1000.0, "world_size": 1}
-    bench.write_csv(tmp_path / "bench.csv", [one])
+    outputs.write_csv(tmp_path / "bench.csv", [one])
     two = {**one, "images_per_s": 1800.0, "per_device_images_per_s": 900.0, "world_size": 2}
     other = {**two, "model": "simple_cnn"}
-    note = bench.add_scaling([two, other], tmp_path / "bench.csv")
+    note = M.add_scaling([two, other], tmp_path / "bench.csv")
     assert two["scaling_efficiency"] == pytest.approx(0.9) and "scaling_efficiency" not in other
     assert "1 of 2 rows" in note
-    assert "unavailable" in bench.add_scaling([other], tmp_path / "missing.csv")
+    assert "unavailable" in M.add_scaling([other], tmp_path / "missing.csv")
 
 
 def test_time_steps_counts_every_step():
     n = []
-    runs, per_step, warmup_s = bench.time_steps(lambda: n.append(1), steps=3, warmup=2, repeats=2,
-                                                device=torch.device("cpu"))
+    runs, per_step, warmup_s = time_steps(lambda: n.append(1), steps=3, warmup=2, repeats=2,
+                                          device=torch.device("cpu"))
     assert len(n) == 8 and len(runs) == 2 and len(per_step) == 6 and warmup_s >= 0
     assert math.isclose(sum(runs), sum(per_step))
+
+
+def test_latency_adds_batch_1_figures_to_the_infer_rows(tmp_path):
+    out = tmp_path / "out"
+    run_harness(["models=lenet5", "batch_sizes=8", "compile=false", "latency=true", "wandb=false", f"out={out}",
+                 *FAST], module="harness.bench")
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    infer = next(r for r in rows if r["mode"] == "infer")
+    train = next(r for r in rows if r["mode"] == "train")
+    assert 0 < infer["latency_ms_p50"] <= infer["latency_ms_p90"]
+    assert "latency_ms_p50" not in train  # next to throughput once per model: on its inference row
+    assert "latency b1 ms p50 / p90" in (out / "report.md").read_text()
+
+
+def test_two_ranks_agree_to_halve_the_batch_when_one_runs_out_of_memory(tmp_path):
+    """Rank 1 alone raises torch.OutOfMemoryError at the first step (the test hook); both ranks must retry
+    at half the batch together, with matching collectives, and the run must finish."""
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "launch/accelerate/cpu_ddp.yaml"), "--num_processes", "2", "-m", "harness.bench"]
+    proc = run_harness(["models=lenet5", "batch_sizes=8", "mode=train", "compile=false", "wandb=false",
+                        f"out={out}", *FAST], launcher=launch, env={M.INJECT_OOM_ENV: "1"}, timeout=240)
+    rows = json.loads((out / "bench-world2.json").read_text())["rows"]
+    assert len(rows) == 1, proc.stderr[-2000:]
+    row = rows[0]
+    assert not row.get("error") and not row.get("skip_reason")
+    assert row["batch_size"] == 4 and row["oom_retry_from"] == 8 and row["world_size"] == 2
+    assert row["images_per_s"] > 0 and row["per_device_images_per_s"] == pytest.approx(row["images_per_s"] / 2)
+
+
+def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
+    """The data bench is a suite of the one benchmark: training-config key names, random images when the
+    files are missing (said so), images/s per backend and the ratio to synthetic."""
+    backends = "torch,dali,synthetic" if dali_available() else "torch,synthetic"
+    proc = run_harness(["suite=data", f"backends={backends}", "models=simple_cnn", "batch_sizes=8", "steps=2",
+                        "warmup=1", "repeats=1", f"data.root={tmp_path / 'no-data'}", "data.limit_train=64",
+                        f"out={tmp_path}"], module="harness.bench")
+    result = json.loads((tmp_path / "data_bench.json").read_text())
+    assert "RANDOM" in result["data"] and "not a GPU measurement" in result["device"]
+    assert [r["backend"] for r in result["loaders"]] == backends.split(",")
+    assert all(r["images_per_s"] > 0 for r in result["loaders"] + result["training"])
+    ratio = {r["backend"]: r["vs_synthetic"] for r in result["training"]}
+    assert ratio["synthetic"] == 1.0 and ratio["torch"] > 0
+    torch_row = next(r for r in result["training"] if r["backend"] == "torch")
+    synthetic = next(r for r in result["training"] if r["backend"] == "synthetic")
+    assert torch_row["vs_synthetic"] == pytest.approx(torch_row["images_per_s"] / synthetic["images_per_s"])
+    md = (tmp_path / "data_bench.md").read_text()
+    assert md.startswith("# Data-pipeline benchmark") and "vs synthetic" in md and md in proc.stdout
+    assert "data bench 1/" in proc.stderr  # progress, as plain lines when not on a terminal
+
+
+def test_ddp_suite_measures_both(tmp_path):
+    proc = run_harness(["suite=ddp", "models=lenet5", "batch_sizes=4", "steps=2", "repeats=1", "warmup=1",
+                        f"out={tmp_path}", "progress=false"], module="harness.bench")
+    result = json.loads((tmp_path / "ddp_overhead.json").read_text())
+    assert result == json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "gloo" and result["steps_each"] == 2 and result["model"] == "lenet5"
+    assert result["plain_step_ms"] > 0 and result["ddp_step_ms"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["suite=ddp", "models=lenet5,simple_cnn"], "one model at one batch size"),
+    (["suite=data", "backends=torch,nvjpeg"], "unknown backend 'nvjpeg'"),
+    (["suite=data", "ladder=lenet5"], "ladder= belongs to suite=zoo"),
+    (["data_root=data"], "unknown config key 'data_root'"),
+])
+def test_suite_bad_input_is_one_clear_line(args, message):
+    proc = run_harness(args + FAST, module="harness.bench", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr

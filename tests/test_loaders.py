@@ -1,11 +1,14 @@
-"""The loaders (harness/data/loaders.py, harness/data/dali.py) and the data bench, on the CPU.
+"""The loaders (harness/data/: interface, torch_loader, dali, synthetic, loaders) on the CPU (the data
+bench: tests/test_bench.py).
 
-Every behavioural test runs for both real-data backends, torch and DALI (DALI on the CPU here, skipped
-where it is not installed); the two must give the same batches for the same (seed, epoch, rank).
+Every behavioural test runs for both real-data backends, torch and DALI (DALI on the CPU here, through
+the same external_source interface the GPU path feeds; skipped where it is not installed); the two must
+give the same batches for the same (seed, epoch, global position), whatever the number of processes.
 """
 from __future__ import annotations
 
-import json
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +16,9 @@ import torch
 
 from harness.data import loaders
 from harness.data.cifar import random_split
-from harness.data.loaders import (CIFAR_MEAN, CIFAR_STD, Augment, TorchLoader, build_loader, make_plan,
-                                  resolve_backend, shard_indices)
+from harness.data.interface import eval_indices, global_order, pad_images
+from harness.data.loaders import CIFAR_MEAN, CIFAR_STD, Augment, build_loader, make_plan, resolve_backend
+from harness.data.torch_loader import TorchLoader
 from harness.errors import UserError
 
 BACKENDS = ["torch", "dali"]
@@ -94,21 +98,37 @@ def test_reshuffle_changes_with_epoch_and_is_reproducible():
     assert not torch.equal(e0.indices, other_seed.indices)
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_global_order_policy(drop_last):
+    n, G = 103, 24
+    order = global_order(n, G, seed=0, epoch=3, drop_last=drop_last)
+    assert len(order) % G == 0
+    if drop_last:  # whole global batches of distinct samples; fewer than G dropped
+        assert len(set(order.tolist())) == len(order) and n - len(order) < G
+    else:  # the last global batch is filled by wrapping: every sample seen, fewer than G twice
+        assert set(order.tolist()) == set(range(n)) and len(order) - n < G
+        assert torch.equal(order[n:], order[: len(order) - n])
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_training_shards(world):
-    n, bs = 103, 8
-    kw = dict(shuffle=True, seed=0, epoch=3)
-    # drop_last=False: equal shards that together hold every sample; only the wrap-around repeats some
-    shards = [shard_indices(n, bs, r, world, drop_last=False, **kw) for r in range(world)]
-    assert len({len(s) for s in shards}) == 1
-    everything = torch.cat(shards)
-    assert set(everything.tolist()) == set(range(n))
-    assert len(everything) - n < world
-    # drop_last=True: disjoint whole batches; what is dropped is less than one batch per rank
-    shards = [shard_indices(n, bs, r, world, drop_last=True, **kw) for r in range(world)]
-    assert all(len(s) % bs == 0 and len(s) > 0 for s in shards)
-    seen = torch.cat(shards).tolist()
-    assert len(seen) == len(set(seen)) and n - len(seen) < world * bs
+def test_evaluation_shards_cover_every_sample_once(world):
+    shards = [eval_indices(103, 8, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and all(len(s) % 8 == 0 for s in shards)
+    real = torch.cat(shards)
+    assert sorted(real[real >= 0].tolist()) == list(range(103))
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_plan_is_world_size_invariant(world, drop_last):
+    # rank r's part of global batch k is positions [k*G + r*B, k*G + (r+1)*B) of the 1-process plan
+    n, B = 200, 12
+    kw = dict(seed=9, epoch=2, train=True, drop_last=drop_last, augment=Augment(cutout=6))
+    whole = make_plan(n, B * world, 0, 1, **kw)
+    parts = [make_plan(n, B, r, world, **kw) for r in range(world)]
+    for field in ("indices", "dy", "dx", "flip", "cy", "cx"):
+        by_rank = torch.stack([getattr(p, field).view(-1, B) for p in parts], 1)  # (K, world, B)
+        assert torch.equal(by_rank.reshape(-1), getattr(whole, field)), field
 
 
 # -- the backends -----------------------------------------------------------------------------------
@@ -130,12 +150,14 @@ def test_output_format(backend, channels_last, dtype, data):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rendered_batches_are_the_planned_crops(backend):
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_rendered_batches_are_the_planned_crops(backend, pad_mode):
     n, p = 96, 4
     images = coded_images(n)
-    loader = make(backend, images, np.zeros(n, dtype=np.int64), 32, seed=5, augment=Augment(padding=p))
+    loader = make(backend, images, np.zeros(n, dtype=np.int64), 32, seed=5,
+                  augment=Augment(padding=p, pad_mode=pad_mode))
     plan = loader.plan()
-    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant" if pad_mode == "zeros" else "reflect")
     for k, (x, _) in enumerate(loader):
         got = to_pixels(x)
         for j in range(32):
@@ -145,6 +167,8 @@ def test_rendered_batches_are_the_planned_crops(backend):
             if flip:
                 expected = expected[:, ::-1]
             assert np.array_equal(got[j], expected), (k, j)
+            if pad_mode == "reflect":
+                continue  # the centre-pixel read-back below is for zero padding only
             # and read the offset and flip back from the centre pixels alone
             row, col, col_right = int(got[j, 16, 16, 0]) - 1, int(got[j, 16, 16, 1]) - 1, int(got[j, 16, 17, 1]) - 1
             assert got[j, 16, 16, 2] == s % 256  # the right image
@@ -176,7 +200,8 @@ def test_cutout_zeroes_one_clipped_square(backend):
 def test_backends_give_identical_batches(data):
     pytest.importorskip("nvidia.dali")
     cases = [
-        dict(train=True, augment=Augment(cutout=8), drop_last=False),  # a smaller last batch too
+        dict(train=True, augment=Augment(cutout=8), drop_last=False),  # a wrapped last batch too
+        dict(train=True, augment=Augment(cutout=8, flip_mode="alternate", pad_mode="reflect")),
         dict(train=True, augment=Augment(enabled=False)),
         dict(train=False),  # evaluation: padded last batch
     ]
@@ -251,9 +276,12 @@ def test_resume_mid_epoch(backend, data):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_larger_than_shard_is_an_error(backend, data):
-    with pytest.raises(UserError, match="larger than a process's share"):
-        make(backend, *data, 128, world=2)
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_global_batch_larger_than_the_data_is_an_error(backend, drop_last, data):
+    message = r"global batch \(128 per process x 2 processes = 256 images\) is larger than the training data \(200"
+    with pytest.raises(UserError, match=message) as e:
+        make(backend, *data, 128, world=2, drop_last=drop_last)
+    assert "train.batch_size" in str(e.value)
 
 
 def test_missing_dali_is_a_clear_error(monkeypatch):
@@ -262,6 +290,21 @@ def test_missing_dali_is_a_clear_error(monkeypatch):
         resolve_backend("dali", torch.device("cuda"))
     assert "pip install" in str(e.value) and "data.backend=torch" in str(e.value)
     assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(UserError, match="use torch, dali or synthetic"):
+        build_loader("auto", None, None, 8, train=True)
+
+
+def test_auto_follows_the_measured_winner(monkeypatch):
+    # no GPU measurement yet: torch on CUDA even where DALI is installed
+    monkeypatch.setattr(loaders, "dali_available", lambda: True)
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    # a measurement that DALI wins on GPUs flips the table entry, and auto with it
+    monkeypatch.setitem(loaders.AUTO_BACKEND, "cuda", "dali")
+    assert resolve_backend("auto", torch.device("cuda")) == "dali"
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(loaders, "dali_available", lambda: False)
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"  # the winner is not installed
 
 
 def test_torch_loader_is_the_default_real_backend(data):
@@ -269,17 +312,138 @@ def test_torch_loader_is_the_default_real_backend(data):
     assert isinstance(build_loader("torch", *data, 10, train=True), TorchLoader)
 
 
-# -- the bench --------------------------------------------------------------------------------------
+# -- world-size invariance ----------------------------------------------------------------------------
 
 
-def test_bench_smoke(tmp_path):
-    from harness.data import bench
+def render_ranks(backend, images, labels, B, world, *, epoch, state=None, **kw):
+    """Per global batch, the concatenation over ranks of each rank's batch (images, labels)."""
+    per_rank = []
+    for rank in range(world):
+        loader = make(backend, images, labels, B, rank=rank, world=world, **kw)
+        loader.set_epoch(epoch)
+        if state is not None:
+            loader.load_state_dict(state)
+        per_rank.append(list(loader))
+    return [(torch.cat([b[k][0] for b in per_rank]), torch.cat([b[k][1] for b in per_rank]))
+            for k in range(len(per_rank[0]))]
 
-    backends = "torch,dali,synthetic" if loaders.dali_available() else "torch,synthetic"
-    bench.main([f"backends={backends}", "models=simple_cnn", "batch_size=8", "steps=2", "warmup=1",
-                "repeats=1", f"data_root={tmp_path / 'no-data'}", "limit_train=64", f"out={tmp_path}"])
-    result = json.loads((tmp_path / "bench.json").read_text())
-    assert "RANDOM" in result["data"] and "not a GPU measurement" in result["device"]
-    assert [r["backend"] for r in result["loaders"]] == backends.split(",")
-    assert all(r["images_per_s"] > 0 for r in result["loaders"] + result["training"])
-    assert (tmp_path / "bench.md").read_text().startswith("# Data-pipeline benchmark")
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_batches_do_not_depend_on_the_world_size(backend):
+    # coded images: equal pixels mean the same image with the same crop, flip and cutout
+    n, G = 200, 48
+    images, labels = coded_images(n), np.arange(n) % 10
+    kw = dict(seed=3, augment=Augment(cutout=8), drop_last=False)
+    one = render_ranks(backend, images, labels, G, 1, epoch=1, **kw)
+    assert len(one) == 5  # ceil(200 / 48), the last global batch wrapped to full size
+    for world in (2, 4):
+        many = render_ranks(backend, images, labels, G // world, world, epoch=1, **kw)
+        assert len(many) == len(one)
+        for (x, y), (u, v) in zip(one, many):
+            assert torch.equal(y, v) and torch.equal(x, u)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_with_another_world_size_continues_the_sequence(backend):
+    n, G = 200, 24
+    images, labels = coded_images(n), np.arange(n) % 10
+    kw = dict(seed=8, augment=Augment(cutout=4))
+    reference = render_ranks(backend, images, labels, G, 1, epoch=2, **kw)
+    # two processes hand out 3 global batches and checkpoint; the run resumes on 4 processes, then 1
+    two = [make(backend, images, labels, G // 2, rank=r, world=2, **kw) for r in range(2)]
+    for loader in two:
+        loader.set_epoch(2)
+        it = iter(loader)
+        for _ in range(3):
+            next(it)
+    state = two[0].state_dict()
+    assert state == two[1].state_dict() == {"epoch": 2, "batch": 3}
+    for world in (4, 1):
+        rest = render_ranks(backend, images, labels, G // world, world, epoch=2, state=state, **kw)
+        assert len(rest) == len(reference) - 3
+        for (x, y), (u, v) in zip(rest, reference[3:]):
+            assert torch.equal(x, u) and torch.equal(y, v)
+
+
+# -- the speed recipe's options -----------------------------------------------------------------------
+
+
+def test_alternate_flip_differs_in_consecutive_epochs():
+    n = 500
+    kw = dict(seed=4, train=True, drop_last=False, augment=Augment(flip_mode="alternate"))
+
+    def flips(epoch):  # sample -> flip (drop_last=False: every sample is in every epoch)
+        plan = make_plan(n, 50, 0, 1, epoch=epoch, **kw)
+        return dict(zip(plan.indices.tolist(), plan.flip.tolist()))
+
+    epochs = [flips(e) for e in range(4)]
+    for e in range(3):
+        assert all(epochs[e][s] != epochs[e + 1][s] for s in range(n)), e
+    assert 200 < sum(epochs[0].values()) < 300  # epoch 0 is a fair coin per sample (binomial sd 11)
+    # random flips, by contrast, agree between consecutive epochs for about half of the samples
+    kw["augment"] = Augment(flip_mode="random")
+    random = [flips(e) for e in range(2)]
+    assert 200 < sum(random[0][s] == random[1][s] for s in range(n)) < 300
+    # alternate flips do not depend on the world size either (a coin per sample, not per position)
+    kw["augment"] = Augment(flip_mode="alternate")
+    two = [make_plan(n, 25, r, 2, epoch=3, **kw) for r in range(2)]
+    assert all(epochs[3][s] == f for p in two for s, f in zip(p.indices.tolist(), p.flip.tolist()))
+
+
+def test_reflect_padding_mirrors_the_border():
+    p = 4
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    padded = pad_images(images, p, "reflect").numpy()
+    assert padded.shape == (3, 40, 40, 3)
+    assert np.array_equal(padded[:, p:-p, p:-p], images)
+    for j in range(1, p + 1):  # the j-th pixel outside the border is the j-th inside it, edge not repeated
+        assert np.array_equal(padded[:, p - j, p:-p], images[:, j])
+        assert np.array_equal(padded[:, p + 31 + j, p:-p], images[:, 31 - j])
+        assert np.array_equal(padded[:, p:-p, p - j], images[:, :, j])
+        assert np.array_equal(padded[:, p:-p, p + 31 + j], images[:, :, 31 - j])
+    assert (pad_images(images, p, "zeros").numpy()[:, :p] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reflect_padding_leaves_no_zero_border(backend):
+    # images of only nonzero pixels: zero padding shows up as zero pixels in some crops, reflection never
+    n = 128
+    images = np.full((n, 32, 32, 3), 77, dtype=np.uint8)
+    counts = {}
+    for mode in ("zeros", "reflect"):
+        loader = make(backend, images, np.zeros(n, dtype=np.int64), 64, seed=1,
+                      augment=Augment(padding=4, pad_mode=mode))
+        counts[mode] = sum(int((to_pixels(x) == 0).sum()) for x, _ in loader)
+    assert counts["zeros"] > 0 and counts["reflect"] == 0
+
+
+def test_unknown_flip_or_pad_mode_is_a_clear_error():
+    with pytest.raises(UserError, match="flip_mode is one of"):
+        Augment(flip_mode="sometimes")
+    with pytest.raises(UserError, match="pad_mode one of"):
+        Augment(pad_mode="edge")
+
+
+# -- structure ----------------------------------------------------------------------------------------
+
+
+def test_data_modules_import_one_way():
+    """No module of harness/data imports (at any level, lazily too) one that imports it back."""
+    root = Path(loaders.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness.data."):
+                names.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "harness.data":
+                names.update(a.name for a in node.names)
+        graph[path.stem] = names & {p.stem for p in root.glob("*.py")}
+    assert "interface" in graph["torch_loader"] and "interface" in graph["dali"]
+    assert not graph["interface"] & {"loaders", "torch_loader", "dali", "synthetic"}
+
+    def reaches(a, b, seen=()):
+        return any(m == b or (m not in seen and reaches(m, b, (*seen, m))) for m in graph.get(a, ()))
+
+    cycles = [m for m in graph if reaches(m, m)]
+    assert not cycles, graph

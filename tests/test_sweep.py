@@ -1,5 +1,6 @@
-"""Sweeps: expansion (grid, random, launch keys, validation), the three launchers' outputs, and the local
-launcher running real tiny runs on the CPU (skipping finished ones, recording failures)."""
+"""Sweeps (harness/sweep/): expansion (grid, random, launch keys, validation), the three launchers' outputs,
+the key=value CLI, and the local launcher running real tiny runs on the CPU (skipping finished ones,
+recording failures, a progress line after each run)."""
 from __future__ import annotations
 
 import json
@@ -93,7 +94,7 @@ def test_repository_sweeps_expand(path):
 
 def test_architectures_sweep_covers_the_zoo():
     runs = S.expand(S.load_sweep(REPO / "configs" / "sweeps" / "architectures.yaml"))
-    assert sorted(r.resolved["model"]["name"] for r in runs) == list_models()
+    assert sorted({r.resolved["model"]["name"] for r in runs}) == list_models()  # each model (x seeds)
 
 
 def test_scaling_sweep_is_resnet18_at_1_to_8_gpus_same_per_gpu_batch():
@@ -105,7 +106,7 @@ def test_scaling_sweep_is_resnet18_at_1_to_8_gpus_same_per_gpu_batch():
 
 def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
     path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"], "gpus": [1, 2]}})
-    proc = run_harness([str(path), "--dry-run", "train.epochs=1"], module="harness.sweep")
+    proc = run_harness([str(path), "dry_run=true", "train.epochs=1"], module="harness.sweep")
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 4 and all("harness" in line for line in lines)
     assert all("train.epochs=1" in line for line in lines)
@@ -114,6 +115,7 @@ def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
 
 
 def test_slurm_launcher(tmp_path, monkeypatch, capsys):
+    """Also the old --flag spelling of the sweep's options, still accepted."""
     path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"], "gpus": [1, 2]},
                                   "slurm": {"sbatch_args": ["--partition=gpu"], "max_parallel": 2}})
     S.main([str(path), "--launcher", "slurm", "--dry-run"])
@@ -139,14 +141,22 @@ def test_array_spec():
 def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     path = write_sweep(tmp_path, {"overrides": {"train.epochs": 2},
                                   "grid": {"model.name": ["simple_cnn", "lenet5"], "optim.lr": [0.1, 0.2]}})
-    S.main([str(path), "--launcher", "wandb"])
+    S.main([str(path), "launcher=wandb"])
     spec = yaml.safe_load((tmp_path / "out" / "wandb_sweep.yaml").read_text())
     assert spec["method"] == "grid"
+    assert spec["metric"] == {"name": "val/acc", "goal": "maximize"}  # validation accuracy, not the test set
     assert spec["parameters"]["model.name"] == {"values": ["simple_cnn", "lenet5"]}
     assert spec["parameters"]["train.epochs"] == {"value": 2}
     assert spec["parameters"]["run.wandb_group"] == {"value": "t"}
     assert spec["command"][-1] == "${args_no_hyphens}" and "harness.train" in " ".join(spec["command"])
-    assert "wandb agent" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wandb agent" in printed.out
+    # no data.val_size in this sweep: nothing logs val/acc, and the user is told so
+    assert "no validation set" in printed.err and "data.val_size" in printed.err
+    assert "WARNING" in (tmp_path / "out" / "wandb_sweep.yaml").read_text()
+    with_val = write_sweep(tmp_path, {"overrides": {"data.val_size": 100}, "grid": {"optim.lr": [0.1]}}, "v")
+    S.main([str(with_val), "launcher=wandb"])
+    assert "no validation set" not in capsys.readouterr().err
     # what an agent runs for the first grid point: W&B's own substitution (f"{name}={value}" per parameter,
     # ${env} -> /usr/bin/env), with a stand-in `python` that prints its arguments
     agent_args = [f"{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in spec["parameters"].items()]
@@ -176,7 +186,10 @@ def test_local_launcher_runs_tiny_runs_then_skips_them(tmp_path):
     fixed.update({"data.root": str(data), "data.download": False})
     path = write_sweep(tmp_path, {"overrides": fixed, "grid": {"model.name": ["simple_cnn", "lenet5"]}})
     out = tmp_path / "out"
-    run_harness([str(path)], module="harness.sweep")
+    first = run_harness([str(path)], module="harness.sweep")
+    # a progress line after each run: finished / done / failed / remaining, and an ETA while runs remain
+    assert "sweep t: 1/2 finished (1 done, 0 failed, 1 remaining) | ETA 0:" in first.stdout
+    assert "sweep t: 2/2 finished (2 done, 0 failed, 0 remaining)" in first.stdout
     for name in ("simple_cnn", "lenet5"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["model"] == name
@@ -196,6 +209,7 @@ def test_local_launcher_records_failures_and_goes_on(tmp_path):
     proc = run_harness([str(path)], module="harness.sweep", check=False)
     assert proc.returncode == 1
     assert "2 of 2 runs failed" in proc.stdout and "seed1:" in proc.stdout and "seed2:" in proc.stdout
+    assert "sweep t: 2/2 finished (0 done, 2 failed, 0 remaining)" in proc.stdout
     failures = (tmp_path / "out" / "failures.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in failures] == ["seed1", "seed2"]
     assert (tmp_path / "out" / "seed2" / "launch.log").stat().st_size > 0
@@ -203,6 +217,17 @@ def test_local_launcher_records_failures_and_goes_on(tmp_path):
 
 def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
     path = write_sweep(tmp_path, {"grid": {"train.epoch": [1]}})
-    proc = run_harness([str(path), "--dry-run"], module="harness.sweep", check=False)
+    proc = run_harness([str(path), "dry_run=true"], module="harness.sweep", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: sweep t, run epoch1: unknown config key 'train.epoch'")
+
+
+def test_key_value_options_and_bad_ones(tmp_path):
+    path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"]}})
+    proc = run_harness([str(path), "dry_run=true", "index=1", f"out={tmp_path / 'elsewhere'}"], module="harness.sweep")
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "model.name=lenet5" in lines[0] and f"run.dir={tmp_path / 'elsewhere' / 'lenet5'}" in lines[0]
+    bad = run_harness([str(path), "launcher=kubernetes"], module="harness.sweep", check=False)
+    assert bad.returncode != 0 and "launcher" in bad.stderr and "Traceback" not in bad.stderr
+    helped = run_harness(["--help"], module="harness.sweep")
+    assert "dry_run=false" in helped.stdout and "print one command per run" in helped.stdout

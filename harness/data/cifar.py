@@ -239,6 +239,25 @@ def load_dataset(dataset: str, root: str | os.PathLike, fmt: str = "auto", verif
     return Dataset(dataset, train, test, num_classes, classes, str(root / folder))
 
 
+def select_classes(ds: Dataset, classes: list[int]) -> Dataset:
+    """Only the images of `classes` (data.classes), relabelled 0..k-1 in the order given: e.g. train on
+    classes 0-4 and fine-tune on 5-9. An empty list keeps every class."""
+    if not classes:
+        return ds
+    bad = [c for c in classes if not 0 <= c < ds.num_classes]
+    if bad or len(set(classes)) != len(classes):
+        raise DataError(f"data.classes={classes}: distinct class indices in 0..{ds.num_classes - 1} of {ds.name} "
+                        f"({'out of range: ' + str(bad) if bad else 'repeated'})")
+    lookup = np.full(ds.num_classes, -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+
+    def keep(s: Split) -> Split:
+        mask = lookup[s.labels] >= 0
+        return Split(s.images[mask], lookup[s.labels[mask]])
+
+    return Dataset(ds.name, keep(ds.train), keep(ds.test), len(classes), [ds.classes[c] for c in classes], ds.source)
+
+
 # ----------------------------------------------------------------------------------------------------
 # writers: the tests (and anyone making a small fixture) write files in both official formats
 

@@ -1,0 +1,127 @@
+"""The benchmark's entry point: parse the one config, fill the suite's defaults, run the suite, write its
+outputs. The zoo suite is here (it is the loop over rows); the data and ddp suites have their own modules."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.bench.specs import BenchConfig, check, ladder_specs, resolve_defaults, sweep_specs
+from harness.config import parse_args, to_dict
+from harness.errors import UserError
+
+USAGE = "python -m harness.bench [--config FILE.yaml] [suite=zoo|data|ddp] [key=value ...]"
+
+
+def default_out() -> str:
+    return str(Path("runs") / f"bench-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}")
+
+
+def main(argv: list[str] | None = None):
+    cfg = parse_args(BenchConfig, argv, prog="python -m harness.bench", usage=USAGE)
+    resolve_defaults(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.suite != "zoo":
+        from harness.run import device_names
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        out = Path(cfg.out or default_out())
+        if cfg.suite == "data":
+            from harness.bench import data_suite
+
+            return data_suite.main(cfg, out, device, device_names()[0])
+        from harness.bench import ddp_suite
+
+        return ddp_suite.main(cfg, out, device_names()[0])
+    return zoo(cfg)
+
+
+def zoo(cfg: BenchConfig) -> list[dict]:
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    from harness.bench.measure import Context, add_scaling, add_speedups, run_row
+    from harness.bench.outputs import COLUMNS, plot_images_per_s, plot_ladder, to_markdown, write_csv
+    from harness.bench.peaks import device_peaks
+    from harness.bench.sources import num_workers
+    from harness.console import Progress
+    from harness.run import device_names, provenance, wandb_mode, write_json
+
+    specs = sweep_specs(cfg) + ladder_specs(cfg)  # every name checked before anything runs
+    # one Accelerator for topology and DDP; precision and compile vary per row, so they stay out of it.
+    # cpu=True without CUDA: a multi-process launch then forms a gloo group instead of N lone processes
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main_proc = accelerator.is_main_process
+    torch.backends.cudnn.benchmark = True  # fixed shapes: autotune once, during warm-up
+    out = [cfg.out or default_out()]
+    broadcast_object_list(out)  # one directory for all ranks
+    out = Path(out[0])
+    suffix = "" if world == 1 else f"-world{world}"
+    names = {"csv": f"bench{suffix}.csv", "json": f"bench{suffix}.json", "md": f"report{suffix}.md",
+             "images_per_s": f"images_per_s{suffix}.png", "ladder": f"ladder{suffix}.png"}
+    device_name = device_names()[device.index or 0] if device.type == "cuda" else device_names()[0]
+
+    peaks, peak_figures = device_peaks({s.precision for s in specs}, device, device_name, cfg.peak)
+    ctx = Context(cfg, accelerator, device, rank, world, peaks, device_name)
+    env = {"provenance": provenance(world, device), "config": to_dict(cfg), "device_type": device.type,
+           "peaks": peak_figures, "num_workers": num_workers(cfg.num_workers), "cudnn_benchmark": True}
+    run = None
+    progress = Progress(len(specs), desc="bench", unit="row", show=main_proc and cfg.progress, every_s=0)
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.wandb:
+            import wandb
+
+            run = wandb.init(project=cfg.wandb_project, dir=str(out), mode=wandb_mode(), name=out.name + suffix,
+                             job_type="bench", config={**to_dict(cfg), "world_size": world, "device": device_name})
+        print(f"{len(specs)} rows on {device_name} x {world}; MFU peaks: "
+              + ", ".join(f"{p} {v[0]:.2f} TFLOP/s ({v[1]}; measured matmul {v[2]:.2f})" for p, v in peaks.items())
+              + f" | out {out}", file=sys.stderr)
+
+    rows = []
+    for spec in specs:
+        row = run_row(spec, ctx)
+        rows.append(row)
+        if not main_proc:
+            continue
+        add_speedups(rows)
+        write_csv(out / names["csv"], rows)  # after every row: a run stopped half-way keeps what it measured
+        if run:
+            run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        progress.update(1, row=f"{spec.model} {spec.rung or spec.mode} b{spec.batch_size} {spec.precision}")
+        if row.get("error"):
+            progress.write(f"{spec.model} ({spec.rung or spec.mode}): {row['error']}")
+    progress.close()
+    if not main_proc:
+        return rows
+
+    if world > 1:
+        env["scaling_note"] = add_scaling(rows, Path(cfg.baseline) if cfg.baseline else out / "bench.csv")
+    env["data_source"] = ctx.images.source
+    plotted = {"images_per_s": plot_images_per_s(rows, out / names["images_per_s"], device_name),
+               "ladder": plot_ladder(rows, out / names["ladder"], device_name)}
+    names_written = {k: v for k, v in names.items() if plotted.get(k, True)}
+    write_csv(out / names["csv"], rows)
+    write_json(out / names["json"], {"environment": env, "rows": rows})
+    report = to_markdown(rows, env, names_written)
+    (out / names["md"]).write_text(report)
+    if run:
+        import wandb
+
+        run.log({"results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows])})
+        for key in ("images_per_s", "ladder"):
+            if plotted[key]:
+                run.log({key: wandb.Image(str(out / names[key]))})
+        run.finish()
+    print(report)
+    print(f"wrote {', '.join(str(out / n) for n in names_written.values())}", file=sys.stderr)
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(sorted({r['model'] for r in failed}))}); "
+                        f"see the error column of {out / names['csv']}")
+    return rows

@@ -1,0 +1,105 @@
+"""What feeds the benchmark's steps: the CIFAR-10 training images (or random ones of the same shape when
+the files are missing: speed does not depend on pixel values, and the outputs say which it was), the
+seeds' torchvision DataLoader, and the harness's own loaders (synthetic, torch, dali)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from harness.bench.specs import BenchData, Spec
+
+
+def load_images(data: BenchData) -> tuple[np.ndarray, np.ndarray, str]:
+    """(images, labels, a sentence naming where they came from)."""
+    from harness.data.cifar import DataError, load_dataset, random_split
+
+    try:
+        ds = load_dataset("cifar10", data.root, verify="structure", allow_download=False)
+        images, labels = ds.train.images, ds.train.labels
+        source = f"CIFAR-10 training set from {ds.source}"
+    except DataError:
+        split = random_split(data.limit_train or 50000)
+        images, labels = split.images, split.labels
+        source = (f"RANDOM images (CIFAR-10 files missing under {data.root}; make them with "
+                  f"`python ../shared/tools/cifar10_pack.py unpack --out {data.root}`)")
+    if data.limit_train:
+        images, labels = images[: data.limit_train], labels[: data.limit_train]
+    return images, labels, f"{source}, {len(labels)} images"
+
+
+class SeedDataset(torch.utils.data.Dataset):
+    """The seeds' data path over uint8 NHWC arrays: one PIL image at a time through torchvision transforms
+    (as torchvision.datasets.CIFAR10 does), so the baseline pays what the seeds paid."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool):
+        from torchvision import transforms
+
+        from harness.data.interface import CIFAR_MEAN, CIFAR_STD
+
+        self.images, self.labels = images, labels
+        augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
+        self.transform = transforms.Compose(augment + [transforms.ToTensor(),
+                                                       transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def num_workers(requested: int) -> int:
+    return min(4, os.cpu_count() or 1) if requested < 0 else requested
+
+
+class Images:
+    """The training images, loaded on first use and kept for every later row."""
+
+    def __init__(self, data: BenchData):
+        self.data, self.images, self.labels = data, None, None
+        self.source = "synthetic batches on the device"
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.images is None:
+            self.images, self.labels, self.source = load_images(self.data)
+        return self.images, self.labels
+
+
+def harness_loader(backend: str, images, labels, batch_size: int, *, train: bool, data: BenchData,
+                   device: torch.device, channels_last: bool, seed: int = 0, rank: int = 0, world: int = 1):
+    """One of the harness's loaders as training builds it. float32 images for every precision: autocast
+    casts them at the first layer, so all models accept them and rungs that differ only in data source
+    share one compiled graph."""
+    from harness.data.loaders import Augment, build_loader
+
+    augment = Augment(enabled=data.augment, padding=data.crop_padding, cutout=data.cutout) if train else Augment()
+    return build_loader(backend, images, labels, batch_size, train=train, rank=rank, world=world, seed=seed,
+                        drop_last=True, augment=augment, device=device, dtype=torch.float32,
+                        channels_last=channels_last, prefetch=data.prefetch,
+                        synthetic_size=max(len(labels) if labels is not None else 50000, batch_size * world))
+
+
+def batches(spec: Spec, batch_size: int, images: Images, *, device: torch.device, data: BenchData,
+            workers: int, seed: int, rank: int, world: int):
+    """Endless (images, labels) on the device from the spec's data source, epoch after epoch."""
+    train = spec.mode == "train"
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    if spec.data == "loader":
+        x_all, y_all = images.get()
+        # each rank shuffles with its own seed: the same cost as a DistributedSampler's shard
+        loader = torch.utils.data.DataLoader(
+            SeedDataset(x_all, y_all, train), batch_size=batch_size, shuffle=train, drop_last=True,
+            num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,  # repeats must not time worker start-up (warm-up did)
+            generator=torch.Generator().manual_seed(seed + rank))
+        while True:
+            for x, y in loader:  # per-batch copies to the device, as the seeds' loop does
+                yield x.to(device, memory_format=memory_format), y.to(device)
+    x_all, y_all = images.get() if spec.data != "synthetic" else (None, None)
+    loader = harness_loader(spec.data, x_all, y_all, batch_size, train=train, data=data, device=device,
+                            channels_last=spec.channels_last, seed=seed, rank=rank, world=world)
+    yield from loader.endless()

@@ -1,0 +1,188 @@
+"""What the benchmark measures: its config (one for every suite), each suite's defaults, and the rows
+(`Spec`) a zoo run expands to, the optimisation ladder's rungs included. Everything here is checked
+before anything runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.config import choices
+from harness.errors import UserError
+
+
+@dataclass
+class BenchData:
+    backend: str = choices("synthetic", "torch", "dali", "loader", default="synthetic")  # suite=zoo: what feeds each step: synthetic (fixed batches on the device: the model alone), torch (GPU-resident CIFAR + batched crop/flip), dali, loader (the seeds' torchvision DataLoader with CPU workers)
+    root: str = "data"  # CIFAR-10 files for the real-data sources and the ladder (random images of the same shape if missing)
+    limit_train: int = 0  # use only the first N training images (0: all)
+    augment: bool = True  # suite=data: padded random crop + flip, as training
+    crop_padding: int = 4  # suite=data
+    cutout: int = 0  # suite=data: side of a zeroed square (0: off)
+    prefetch: int = 2  # suite=data: DALI prefetch queue depth
+
+
+@dataclass
+class BenchConfig:
+    suite: str = choices("zoo", "data", "ddp", default="zoo")  # zoo: model throughput (+ ladder=); data: loader backends against synthetic; ddp: one process with DDP against none
+    models: str = "auto"  # comma list of names and/or globs: 'resnet*', '*' (the whole zoo); "" for none; auto: the suite's default (zoo resnet18; data resnet18,simple_cnn on a GPU, simple_cnn on a CPU; ddp resnet18)
+    batch_sizes: str = "auto"  # comma list; images per process (N processes see N x this per step); auto: zoo 128, data 512 on a GPU and 32 on a CPU, ddp 32
+    precision: str = "bf16"  # fp32, bf16, or a comma list to sweep (fp32,bf16); suite=ddp runs fp32
+    channels_last: bool = True
+    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: on for zoo, off for data and ddp
+    compile_mode: str = choices("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+                                default="default")
+    mode: str = choices("train", "infer", "both", default="both")  # suite=zoo
+    latency: bool = False  # suite=zoo: also inference latency at batch 1 (ms, p50/p90) beside each model's throughput
+    backends: str = "torch,dali,synthetic"  # suite=data: comma list; synthetic is the reference for the ratio
+    steps: int = 0  # timed steps per repeat (0: the suite's default: 50; data on a CPU 20; ddp 10)
+    warmup: int = -1  # untimed steps first: compile, cuDNN autotune, worker start-up (-1: the suite's default: 10; data on a CPU 5; ddp 2)
+    repeats: int = 0  # images/s is the median repeat (0: the suite's default: zoo 5, data 3, ddp 3 alternating rounds)
+    num_workers: int = -1  # DataLoader workers for data.backend=loader and the ladder (-1: min(4, CPU cores), as the seeds)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    ladder: str = ""  # suite=zoo: comma list of models to run the optimisation ladder for (e.g. resnet18)
+    ladder_batch_size: int = 128  # the seeds' batch size
+    ladder_compile: bool = True  # false: skip the compile rung (later rungs then run eager)
+    peak: str = choices("table", "measured", default="table")  # MFU denominator: table = the GPU's datasheet dense peak (measured where the device is not listed); the measured matmul peak is always reported beside it
+    baseline: str = ""  # a 1-process bench CSV for scaling efficiency ("": bench.csv in out, if there)
+    out: str = ""  # results directory ("": runs/bench-<UTC time>)
+    seed: int = 0
+    progress: bool = True  # a progress bar (rank 0)
+    wandb: bool = True  # suite=zoo: offline unless a W&B key is configured (harness.run.wandb_mode)
+    wandb_project: str = "harness"
+    data: BenchData = field(default_factory=BenchData)
+
+
+# Each suite's defaults for the keys left at auto/0/-1; the data suite's CPU defaults finish in well under
+# two minutes on a 2-core CPU (resnet18 at batch 512 did not finish in five).
+SUITE_DEFAULTS = {
+    ("zoo", "cuda"): dict(models="resnet18", batch_sizes="128", steps=50, warmup=10, repeats=5, compile=True),
+    ("data", "cuda"): dict(models="resnet18,simple_cnn", batch_sizes="512", steps=50, warmup=10, repeats=3,
+                           compile=False),
+    ("data", "cpu"): dict(models="simple_cnn", batch_sizes="32", steps=20, warmup=5, repeats=3, compile=False),
+    ("ddp", "cuda"): dict(models="resnet18", batch_sizes="32", steps=10, warmup=2, repeats=3, compile=False),
+}
+SUITE_DEFAULTS[("zoo", "cpu")] = SUITE_DEFAULTS[("zoo", "cuda")]
+SUITE_DEFAULTS[("ddp", "cpu")] = SUITE_DEFAULTS[("ddp", "cuda")]
+
+
+def resolve_defaults(cfg: BenchConfig, device_type: str) -> BenchConfig:
+    """Fill the keys left at their 'suite default' value from SUITE_DEFAULTS (in place)."""
+    d = SUITE_DEFAULTS[(cfg.suite, "cuda" if device_type == "cuda" else "cpu")]
+    unset = {"models": "auto", "batch_sizes": "auto", "steps": 0, "warmup": -1, "repeats": 0, "compile": "auto"}
+    for key, marker in unset.items():
+        if getattr(cfg, key) == marker and not isinstance(getattr(cfg, key), bool):
+            setattr(cfg, key, d[key])
+    return cfg
+
+
+def check(cfg: BenchConfig) -> None:
+    for key in ("steps", "repeats", "ladder_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key}={getattr(cfg, key)}: must be at least 1")
+    if cfg.warmup < 0:
+        raise UserError(f"warmup={cfg.warmup}: must be 0 or more")
+    if cfg.data.limit_train < 0:
+        raise UserError(f"data.limit_train={cfg.data.limit_train}: must be 0 (all) or more")
+    if cfg.suite == "zoo" and not cfg.models.strip() and not cfg.ladder.strip():
+        raise UserError("nothing to run: set models=... and/or ladder=... (e.g. models=resnet18)")
+    if cfg.suite != "zoo" and cfg.ladder.strip():
+        raise UserError(f"ladder= belongs to suite=zoo; drop it or use suite=zoo (suite={cfg.suite})")
+
+
+# The ladder: each rung adds one change to the rung before it. (name, precision, channels_last, compile,
+# data). The last two rungs are named by their data path, not as speed-ups: the DALI rung renders batches
+# in DALI from a host-side gather, the one before it gathers on the GPU (airbench style); which is faster
+# is what the rung measures.
+RUNGS = [
+    ("baseline (seeds)", "fp32", False, False, "loader"),
+    ("+bf16", "bf16", False, False, "loader"),
+    ("+channels_last", "bf16", True, False, "loader"),
+    ("+compile", "bf16", True, True, "loader"),
+    ("+GPU-resident data (GPU gather)", "bf16", True, True, "torch"),
+    ("DALI-rendered batches (host gather)", "bf16", True, True, "dali"),
+]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one row measures."""
+    model: str
+    batch_size: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    data: str
+    mode: str  # train | infer
+    rung: str = ""  # the ladder rung ("" in the sweep)
+
+
+def split(text: str) -> list[str]:
+    return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
+def resolve_models(text: str, key: str) -> list[str]:
+    """Names and globs -> registered names in the order given; an unknown name or empty glob is an error."""
+    from harness.models import list_models, model_facts
+
+    names = []
+    for item in split(text):
+        if any(c in item for c in "*?["):
+            matched = list_models(item)
+            if not matched:
+                raise UserError(f"{key}: no model matches {item!r}; `python -m harness.models` lists them all")
+        else:
+            model_facts(item)  # raises UnknownModelError naming the closest names
+            matched = [item]
+        names += [m for m in matched if m not in names]
+    return names
+
+
+def parse_ints(text: str, key: str) -> list[int]:
+    try:
+        values = [int(s) for s in split(text)]
+    except ValueError:
+        raise UserError(f"{key}={text!r}: expected a comma list of integers, e.g. {key}=128,256") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{key}={text!r}: expected positive integers, e.g. {key}=128,256")
+    return values
+
+
+def precisions(cfg: BenchConfig) -> list[str]:
+    values = split(cfg.precision)
+    for p in values:
+        if p not in ("fp32", "bf16"):
+            raise UserError(f"precision: {p!r} is not allowed; use fp32, bf16 or a list such as fp32,bf16")
+    return values
+
+
+def sweep_specs(cfg: BenchConfig) -> list[Spec]:
+    precision = precisions(cfg)
+    models = resolve_models(cfg.models, "models")
+    batch_sizes = parse_ints(cfg.batch_sizes, "batch_sizes") if models else []
+    modes = ["train", "infer"] if cfg.mode == "both" else [cfg.mode]
+    return [Spec(m, b, p, cfg.channels_last, cfg.compile, cfg.data.backend, mode)
+            for m in models for b in batch_sizes for p in precision for mode in modes]
+
+
+def ladder_specs(cfg: BenchConfig) -> list[Spec]:
+    specs = []
+    for model in resolve_models(cfg.ladder, "ladder"):
+        for name, precision, channels_last, compiled, data in RUNGS:
+            specs.append(Spec(model, cfg.ladder_batch_size, precision, channels_last,
+                              compiled and cfg.ladder_compile, data, "train", rung=name))
+    return specs
+
+
+def skip_reason(spec: Spec, cfg: BenchConfig, device: torch.device) -> str:
+    """Why a row cannot run here ("" if it can)."""
+    from harness.data.loaders import dali_available
+
+    if spec.rung == "+compile" and not cfg.ladder_compile:
+        return "ladder_compile=false"
+    if spec.data == "dali":
+        if spec.rung and device.type != "cuda":
+            return "no GPU: the DALI rung measures GPU-side rendering"
+        if not dali_available():
+            return "NVIDIA DALI is not installed (pip install -e '.[dali]')"
+    return ""

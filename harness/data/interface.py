@@ -1,0 +1,265 @@
+"""The loader interface every backend implements: the epoch plan and the `Loader` base class.
+
+Every backend yields `(images, labels)` already on the training device: images normalised, NCHW in the
+dtype the model runs in, channels_last when asked; labels int64. Evaluation batches pad the last batch
+to full size with label -1 (never counted), so every rank runs the same number of equal-shape batches
+(one compiled graph, matching DDP collectives).
+
+What a backend sees of randomness is an `EpochPlan`: the rank's sample indices and every augmentation
+parameter (crop offsets, flips, cutout centres) for one epoch. A backend only renders batch k of it, so
+the torch and DALI backends give identical batches and a loader's checkpoint state is (epoch, batch).
+
+World-size invariance (training). With B images per process and `world` processes, the global batch
+is G = B * world. One permutation of the data set per (seed, epoch); global batch k is positions
+[k*G, (k+1)*G) of it, and rank r renders positions [k*G + r*B, k*G + (r+1)*B). Every augmentation
+parameter is drawn per global position from a stream keyed by (seed, epoch) alone, and its length
+(2n) does not depend on G. So global batch k holds the same images with the same crops and flips on 1
+or 8 processes, and (epoch, k) names the same global batch for any world size: a run resumed with a
+different number of processes continues the same sequence.
+
+Last-batch policy, on the global batch: `drop_last=True` (training default) drops the n mod G samples
+that do not fill a global batch; `drop_last=False` fills the last global batch by wrapping around the
+permutation, so every sample is seen (fewer than G twice) and every batch has one shape. A global batch
+larger than the data is an error either way. Evaluation shards are strided (rank r takes samples r,
+r + world, ...), padded with -1: order does not matter there, only that every sample counts once.
+
+This module imports no backend; the backends import it, and `loaders.py` imports them (one way).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+
+# Per-channel mean and std of the CIFAR-10 training set (the seeds' 002/004 values; 001's 0.2023 std is
+# a long-copied mistake for the mean of per-image stds).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+FLIP_MODES = ("random", "alternate")
+PAD_MODES = ("zeros", "reflect")
+
+
+@dataclass
+class Augment:
+    """Training augmentation; `enabled=False` turns all of it off (evaluation, or augment=false)."""
+    enabled: bool = True
+    padding: int = 4  # random crop from the padded image, as torchvision's RandomCrop(32, padding=4)
+    flip: bool = True
+    cutout: int = 0  # side of a square set to zero after normalisation (0: off)
+    # random: a fresh coin per sample and epoch; alternate: the sample's epoch-0 coin XOR (epoch % 2), so
+    # every image is seen both ways in any two consecutive epochs (airbench's derandomised flip)
+    flip_mode: str = "random"
+    pad_mode: str = "zeros"  # zeros, or reflect: mirror the image across its border (no edge repeat)
+
+    def __post_init__(self):
+        if self.flip_mode not in FLIP_MODES or self.pad_mode not in PAD_MODES:
+            raise UserError(f"data.flip_mode={self.flip_mode!r}, data.pad_mode={self.pad_mode!r}: "
+                            f"flip_mode is one of {FLIP_MODES}, pad_mode one of {PAD_MODES}")
+
+
+@dataclass
+class EpochPlan:
+    indices: torch.Tensor  # (batches * batch_size,) int64 sample indices; -1 marks padding (eval only)
+    dy: torch.Tensor  # (n,) int64 crop offset in 0..2*padding, in the padded image
+    dx: torch.Tensor
+    flip: torch.Tensor  # (n,) bool
+    cy: torch.Tensor  # (n,) cutout centre row in 0..31
+    cx: torch.Tensor
+
+
+def _generator(*key: int) -> torch.Generator:
+    g = torch.Generator()
+    # a fixed mix of the key into one 63-bit seed: different keys never collide in practice
+    seed = 0
+    for k in key:
+        seed = (seed * 1_000_003 + int(k) + 0x9E3779B9) % (2**63 - 1)
+    g.manual_seed(seed)
+    return g
+
+
+# stream names in the generator key: order, augmentation, the alternate flip's epoch-0 coins
+_ORDER, _AUGMENT, _FLIP0 = 0, 1, 2
+
+
+def global_order(n: int, global_batch: int, *, seed: int, epoch: int, drop_last: bool) -> torch.Tensor:
+    """Sample index at every global position of a training epoch: K * global_batch long (module
+    docstring). Depends on (seed, epoch) and the global batch (at most n) only, never on the world size."""
+    perm = torch.randperm(n, generator=_generator(seed, epoch, _ORDER))
+    batches = n // global_batch if drop_last else math.ceil(n / global_batch)
+    return perm[torch.arange(batches * global_batch) % n]  # positions past n wrap (drop_last=False)
+
+
+def eval_indices(n: int, batch_size: int, rank: int, world: int, pad_value: int = -1) -> torch.Tensor:
+    """The rank's evaluation samples: strided shards that hold every sample once, padded with
+    `pad_value` to whole batches of one count on every rank."""
+    mine = torch.arange(rank, n, world)
+    batches = math.ceil(math.ceil(n / world) / batch_size)
+    out = torch.full((batches * batch_size,), pad_value, dtype=torch.int64)
+    out[: len(mine)] = mine
+    return out
+
+
+def make_plan(n: int, batch_size: int, rank: int, world: int, *, seed: int, epoch: int, train: bool,
+              drop_last: bool, augment: Augment) -> EpochPlan:
+    """Rank `rank`'s plan for one epoch, `batch_size` images per batch (module docstring)."""
+    if not train:
+        idx = eval_indices(n, batch_size, rank, world)
+        m = len(idx)
+        zeros = torch.zeros(m, dtype=torch.int64)  # the unpadded image, no flip, no cutout
+        return EpochPlan(idx, zeros, zeros, torch.zeros(m, dtype=torch.bool), zeros, zeros)
+    G = batch_size * world
+    if G > n:  # with drop_last=False a batch would hold some images twice: refused too
+        raise UserError(
+            f"the global batch ({batch_size} per process x {world} process{'es' if world > 1 else ''} = {G} "
+            f"images) is larger than the training data ({n} images): no full batch. Lower "
+            f"train.batch_size or raise data.limit_train.")
+    order = global_order(n, G, seed=seed, epoch=epoch, drop_last=drop_last)
+    positions = len(order)
+    if augment.enabled:
+        # one draw per global position, of a fixed length (2n covers the wrapped positions, < n + G):
+        # the same values whatever G and the world size are
+        g = _generator(seed, epoch, _AUGMENT)
+        span, length = 2 * augment.padding + 1, 2 * n
+        dy, dx = (torch.randint(0, span, (length,), generator=g)[:positions] for _ in range(2))
+        coin = torch.randint(0, 2, (length,), generator=g)[:positions].bool()
+        cy, cx = (torch.randint(0, 32, (length,), generator=g)[:positions] for _ in range(2))
+        if not augment.flip:
+            flip = torch.zeros(positions, dtype=torch.bool)
+        elif augment.flip_mode == "alternate":
+            # a coin per sample (not per position), drawn once for the run: the flip alternates per epoch
+            first = torch.randint(0, 2, (n,), generator=_generator(seed, _FLIP0)).bool()
+            flip = first[order] ^ bool(epoch % 2)
+        else:
+            flip = coin
+    else:  # centred crop (the unpadded image inside the padded one), no flip, no cutout
+        dy = dx = torch.full((positions,), augment.padding, dtype=torch.int64)
+        flip = torch.zeros(positions, dtype=torch.bool)
+        cy = cx = torch.zeros(positions, dtype=torch.int64)
+
+    def mine(t: torch.Tensor) -> torch.Tensor:  # rank r's slice of every global batch, in batch order
+        return t.view(-1, world, batch_size)[:, rank].reshape(-1)
+
+    return EpochPlan(*(mine(t) for t in (order, dy, dx, flip, cy, cx)))
+
+
+def pad_images(images: np.ndarray, padding: int, mode: str) -> torch.Tensor:
+    """The uint8 NHWC split padded once by `padding` pixels on each side of H and W: zeros, or the
+    reflection across the border (numpy's/torch's 'reflect': the edge pixel is not repeated). Both
+    backends crop from this, so they agree for every pad mode."""
+    x = np.ascontiguousarray(images, dtype=np.uint8)
+    if padding:
+        x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                   mode="reflect" if mode == "reflect" else "constant")
+    return torch.from_numpy(x)
+
+
+def batch_labels(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Labels of sample indices `idx` (on the labels' device); -1 where idx is evaluation padding."""
+    return torch.where(idx >= 0, labels[idx.clamp(min=0)], -1)
+
+
+class Loader:
+    """Shared bookkeeping of every backend: plan per epoch, len, resumable position.
+
+    Backends implement `_batch(k) -> (images, labels)` for batch `k` of the current plan, or override
+    `_render(ks)` when they work ahead.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1,
+                 seed: int = 0, drop_last: bool = True, augment: Augment | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 channels_last: bool = True):
+        self.n, self.batch_size, self.train = num_samples, batch_size, train
+        self.rank, self.world, self.seed, self.drop_last = rank, world, seed, drop_last
+        off = Augment(enabled=False, padding=augment.padding if augment else 4)
+        self.augment = augment if (augment and train) else off
+        self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
+        self.epoch, self.start_batch = 0, 0
+        self._position: int | None = None  # batches handed out by the pass in progress (None: no pass)
+        self._plan: EpochPlan | None = None
+        self._plan_epoch = -1
+        self.mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self.plan()  # fail early: a batch larger than the data is an error now, not an empty epoch
+
+    # -- the interface ---------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start_batch, self._position = epoch, 0, None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.plan().indices) / self.batch_size)
+
+    def endless(self):
+        """Batches without end, epoch after epoch (each reshuffled), as a training run sees them: the
+        benchmarks' data source."""
+        epoch = self.epoch
+        while True:
+            self.set_epoch(epoch)
+            yield from self
+            epoch += 1
+
+    def __iter__(self):
+        start, self.start_batch = self.start_batch, 0
+        self._position = start
+        for k, batch in enumerate(self._render(range(start, len(self))), start):
+            self._position = k + 1  # handed out: a checkpoint taken after this step resumes at k + 1
+            yield batch
+        self._position = None
+
+    def state_dict(self) -> dict:
+        """{'epoch', 'batch'}: during a pass, the next batch to hand out; between passes, where the next
+        pass starts (0, or the batch given to load_state_dict). Batch k is global batch k: the same
+        images for any world size."""
+        batch = self._position if self._position is not None else self.start_batch
+        return {"epoch": self.epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at batch `state['batch']` of epoch `state['epoch']` on the next iteration."""
+        self.epoch, self.start_batch = int(state["epoch"]), int(state["batch"])
+        self._position = None
+
+    # -- helpers for backends -------------------------------------------------------------------
+    def plan(self) -> EpochPlan:
+        if self._plan is None or (self.train and self._plan_epoch != self.epoch):
+            self._plan = make_plan(self.n, self.batch_size, self.rank, self.world, seed=self.seed,
+                                   epoch=self.epoch if self.train else 0, train=self.train,
+                                   drop_last=self.drop_last, augment=self.augment)
+            self._plan_epoch = self.epoch
+        return self._plan
+
+    def padded_images(self, images: np.ndarray) -> torch.Tensor:
+        """The split on the device, padded once for the crop (not at all without augmentation)."""
+        p = self.augment.padding if self.augment.enabled else 0
+        return pad_images(images, p, self.augment.pad_mode).to(self.device)
+
+    def batch_slice(self, k: int) -> slice:
+        return slice(k * self.batch_size, (k + 1) * self.batch_size)
+
+    def finish(self, nhwc_uint8: torch.Tensor, cy: torch.Tensor | None = None,
+               cx: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 NHWC batch -> normalised NCHW in the model's dtype and memory format (+ cutout)."""
+        x = nhwc_uint8.permute(0, 3, 1, 2)  # a view: NCHW shape with channels_last strides
+        x = (x.float() - self.mean) / self.std
+        c = self.augment.cutout
+        if self.augment.enabled and c > 0 and cy is not None:
+            ar = torch.arange(32, device=x.device)[None, :]
+            top, left = (cy - c // 2)[:, None], (cx - c // 2)[:, None]  # the square may overhang the edge
+            hole = ((ar >= top) & (ar < top + c))[:, :, None] & ((ar >= left) & (ar < left + c))[:, None, :]
+            x = x.masked_fill(hole[:, None], 0.0)
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def _batch(self, k: int):
+        raise NotImplementedError
+
+    def _render(self, ks: range):
+        """Batches `ks` of the current plan, in order. A backend that works ahead (DALI's prefetch
+        queue) overrides this; the default renders one batch at a time."""
+        for k in ks:
+            yield self._batch(k)
