@@ -4,8 +4,9 @@ Three choices, each for a measured or reviewed reason:
   * It tracks the raw model from before `accelerator.prepare` (nanoGPT's `raw_model`), never an unwrapped
     view of the DDP/compiled one: `accelerate.unwrap_model` on a compiled module rewires its `_orig_mod`
     to the bare model, which took DDP out of the compiled path after the first update.
-  * One foreach lerp over all floating tensors per step and the step count on the host: no GPU->host sync
-    and no Python loop over tensors (torch's AveragedModel syncs twice per step and loops).
+  * One foreach lerp over all parameters per step and the step count on the host: no GPU->host sync and
+    no Python loop over parameters (torch's AveragedModel syncs twice per step and loops); the BatchNorm
+    buffers likewise.
   * BatchNorm statistics are per process (each rank normalises its own micro-batch), so the shadow's
     floating buffers are averaged over the ranks at every `sync` (before evaluation and saving): every
     rank evaluates and saves the same EMA model.
@@ -30,27 +31,29 @@ class EMA:
         self._pairs()
 
     def _pairs(self) -> None:
-        """The (shadow, source) tensor lists the update walks: floating tensors are averaged, the rest
-        (BatchNorm's num_batches_tracked) copied."""
-        shadow = dict(self.module.state_dict(keep_vars=True))
-        source = dict(self._src.state_dict(keep_vars=True))
-        if shadow.keys() != source.keys():
-            raise ValueError("EMA: the model's state dict keys changed since the EMA was made")
-        names = list(shadow)
-        self._float = [n for n in names if shadow[n].is_floating_point()]
-        self._other = [n for n in names if not shadow[n].is_floating_point()]
-        self._shadow_f = [shadow[n].data for n in self._float]
-        self._source_f = [source[n].data for n in self._float]
-        self._shadow_o = [shadow[n].data for n in self._other]
-        self._source_o = [source[n].data for n in self._other]
+        """The parameter lists the update walks, as Parameter objects: wrappers may swap a parameter's
+        storage (DDP's constructor does, measured with gloo), never the Parameter itself."""
+        self._shadow_p = list(self.module.parameters())
+        self._source_p = list(self._src.parameters())
+        if len(self._shadow_p) != len(self._source_p):
+            raise ValueError("EMA: the model's parameters changed since the EMA was made")
 
     @torch.no_grad()
     def update(self) -> None:
-        """shadow <- decay * shadow + (1 - decay) * model, for every floating parameter and buffer."""
+        """shadow <- decay * shadow + (1 - decay) * model, for every parameter and floating buffer (BatchNorm
+        statistics); integer buffers (num_batches_tracked) are copied."""
         self.steps += 1
-        torch._foreach_lerp_(self._shadow_f, self._source_f, 1.0 - self.decay)
-        for s, m in zip(self._shadow_o, self._source_o):
-            s.copy_(m, non_blocking=True)
+        torch._foreach_lerp_(self._shadow_p, self._source_p, 1.0 - self.decay)
+        # buffers are looked up each step (a few per BatchNorm): a wrapper may replace a buffer tensor
+        shadow_f, source_f = [], []
+        for s, m in zip(self.module.buffers(), self._src.buffers()):
+            if s.is_floating_point():
+                shadow_f.append(s)
+                source_f.append(m)
+            else:
+                s.copy_(m)
+        if shadow_f:
+            torch._foreach_lerp_(shadow_f, source_f, 1.0 - self.decay)
 
     @torch.no_grad()
     def sync(self, accelerator) -> None:

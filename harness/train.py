@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     common = dict(rank=rank, world=world, seed=cfg.run.seed, device=device, dtype=dtype,
                   channels_last=cfg.train.channels_last)
     augment = Augment(enabled=cfg.data.augment, padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                      cutout=cfg.data.cutout)
+                      cutout=cfg.data.cutout, flip_mode=cfg.data.flip_mode, pad_mode=cfg.data.pad_mode)
     per_rank_batch = cfg.train.batch_size // world
     train_loader = build_loader(backend, train_split.images, train_split.labels, per_rank_batch, train=True,
                                 drop_last=cfg.data.drop_last, augment=augment, num_classes=num_classes,

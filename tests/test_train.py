@@ -306,7 +306,7 @@ def test_resume_path_must_be_a_complete_checkpoint(tmp_path, learnable_root):
 def test_batch_larger_than_the_shard_is_an_error(tmp_path, learnable_root):
     proc = run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={tmp_path / 'r'}", "data.limit_train=20"],
                        check=False)
-    assert proc.returncode == 2 and "larger than a process's share" in proc.stderr
+    assert proc.returncode == 2 and "larger than the training data" in proc.stderr
 
 
 def test_missing_data_is_downloaded_and_a_bad_download_refused(tmp_path, monkeypatch):
