@@ -1,41 +1,47 @@
 """Reports: the architecture comparison and the scaling study, from run directories (or from W&B).
 
-    python -m harness.report <runs dir> --out <dir> [--wandb-project P [--wandb-group G]]
+    python -m harness.report <runs dir> out=<dir> [wandb_project=P [wandb_group=G]]   (--out DIR etc. work too)
 
 Every run directory under <runs dir> is read (a folder holding summary.json, config.yaml,
 metrics.jsonl, provenance.json or a sweep's launch.log; checkpoints/ and wandb/ are not searched).
 A run with summary.json is complete; one without (crashed, stopped or still running) is listed as
 incomplete with how far it got, never silently dropped. Offline this needs nothing but the files;
-`--wandb-project` reads runs from W&B instead (or as well) and says so clearly when W&B is unreachable.
+`wandb_project=P` reads runs from W&B instead (or as well) and says so clearly when W&B is unreachable.
 
-Written to --out:
+Written to out=DIR:
   report.md              architecture table, scaling table (when world sizes differ), incomplete runs, plots
   runs.csv               one row per run, every number the tables use
   scaling.csv            when present: images/s, efficiency and time-to-target per process count
   accuracy_curves.png    test accuracy per epoch (metrics.jsonl epoch rows), one line per run
   params_vs_accuracy.png parameters (log scale) against final test accuracy
   scaling.png            images/s against processes with the linear ideal, and efficiency
+  seeds.csv              runs differing only in run.seed, grouped: mean, std, 95% CI, min, max per metric
+  pareto.png             test accuracy against images/s and against GFLOPs, mean ± std per seed group
+  train_loss.png         training loss per epoch, mean over seeds with the min-max band
+  grad_flow.png          runs with train.log_grad_norms: gradient norm against depth over training
 
 The seeds' summary table, done right: "final" is the last evaluated epoch; "best" is the highest test
 accuracy over epochs, which is chosen on the test set and therefore optimistic (it is labelled so);
 "test @ best val" is the honest pick (needs data.val_size > 0). Time is training time (evaluation
 excluded, as harness.train measures it) beside wall time; images/s is the run's median epoch rate
 after the first (compilation) epoch. Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1).
+Rankings use validation accuracy (best_val_acc), never test; repeats are summarised by harness.stats.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime as dt
 import json
 import os
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from harness import config as C
+from harness import tables
 from harness.errors import UserError
+from harness.tables import markdown_table, num, write_csv
 
 RUN_MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "provenance.json", "launch.log")
 CSV_COLUMNS = ["name", "status", "model", "dataset", "params", "gflops", "world_size", "global_batch",
@@ -116,6 +122,8 @@ def read_run(path: Path, root: Path) -> dict:
         "precision": summary.get("precision") or cfg.get("train", {}).get("precision"),
         "compile": summary.get("compile"), "device": summary.get("device") or (prov.get("devices") or [None])[0],
         **curve,
+        # for grouping repeats (seed_groups): the config, its seed, and a latency where a benchmark wrote one
+        "config": cfg, "seed": (cfg.get("run") or {}).get("seed"), "latency_ms": summary.get("latency_ms_p50"),
     }
     if summary and rec["best_test_acc"] is None:
         rec["best_test_acc"] = rec["final_test_acc"]
@@ -132,7 +140,7 @@ def wandb_records(project: str, group: str | None) -> list[dict]:
     """Runs of a W&B project (optionally one group, e.g. a sweep) as report records."""
     from harness.run import wandb_mode
 
-    hint = "The report works offline from run directories: python -m harness.report runs/ --out report/"
+    hint = "The report works offline from run directories: python -m harness.report runs/ out=report/"
     if wandb_mode() != "online":
         raise UserError(f"W&B is offline here (no WANDB_API_KEY, no api.wandb.ai entry in ~/.netrc, or "
                         f"WANDB_MODE={os.environ.get('WANDB_MODE', '')}): cannot read project {project}. {hint}")
@@ -147,21 +155,25 @@ def wandb_records(project: str, group: str | None) -> list[dict]:
 
 
 def record_from_wandb(run, project: str) -> dict:
-    """The same record as read_run, from what harness.train logs to W&B: `epoch/<key>` and `step/<key>`
-    rows (Tracker), the nested config, the run state. World size = step images/s over images/s per device."""
+    """The same record as read_run, from what harness.train logs to W&B (Tracker's train/, val/, test/ and
+    perf/ keys, mapped back to metrics.jsonl's names), the nested config, the run state. World size = step
+    images/s over images/s per device."""
     from harness.models import model_facts
+    from harness.run import WANDB_KEYS
 
     cfg = dict(run.config)
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
     rows = list(run.scan_history())
-    epochs = [{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("epoch/")} for r in rows
-              if r.get("epoch/test_acc") is not None]
-    steps = [r for r in rows if r.get("step/images_per_s_per_device")]
+    epoch_names = {w: k for k, w in WANDB_KEYS["epoch"].items()}
+    epochs = [{epoch_names[k]: v for k, v in r.items() if k in epoch_names} for r in rows
+              if r.get("test/acc") is not None]
+    steps = [{"images_per_s": r["perf/images_per_s"], "images_per_s_per_device": r["perf/images_per_s_per_device"]}
+             for r in rows if r.get("perf/images_per_s_per_device")]
     curve = curve_facts(epochs)
     model = section("model").get("name")
     dataset = section("data").get("dataset", "cifar10")
     facts = model_facts(model, 100 if dataset == "cifar100" else 10) if model else {}
-    world = round(steps[-1]["step/images_per_s"] / steps[-1]["step/images_per_s_per_device"]) if steps else None
+    world = round(steps[-1]["images_per_s"] / steps[-1]["images_per_s_per_device"]) if steps else None
     rates = [e["images_per_s"] for e in epochs if e.get("images_per_s")]
     rates = rates[1:] or rates  # epoch 1 holds compilation, as in summary.json
     ips = statistics.median(rates) if rates else None
@@ -181,6 +193,7 @@ def record_from_wandb(run, project: str) -> dict:
         "target_acc": target, "time_to_target_s": hit.get("train_s") if hit else None,
         "precision": section("train").get("precision"), "compile": section("train").get("compile"),
         "device": None, **curve,
+        "config": cfg, "seed": section("run").get("seed"), "latency_ms": None,  # seed groups, as read_run
     }
 
 
@@ -198,17 +211,10 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def num(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 def architecture_table(records: list[dict]) -> str:
-    done = sorted((r for r in records if r["status"] == "complete"), key=lambda r: -(r["final_test_acc"] or 0))
+    # ranked by validation accuracy (model selection never looks at test); runs without validation last
+    done = sorted((r for r in records if r["status"] == "complete"),
+                  key=lambda r: (r["best_val_acc"] is None, -(r["best_val_acc"] or 0), r["name"]))
     rows = [[r["model"], num(r["params"] and r["params"] / 1e6, ".2f"), num(r["gflops"], ".3f"),
              pct(r["final_test_acc"]),
              f"{pct(r['best_test_acc'])} (ep {r['best_test_epoch']})" if r["best_test_epoch"] else pct(r["best_test_acc"]),
@@ -260,7 +266,7 @@ def scaling_table(rows: list[dict]) -> str:
 
 
 def plot_accuracy(records: list[dict], path: Path) -> bool:
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
     from matplotlib.ticker import MaxNLocator
 
     curves = [r for r in records if r["curve"]]
@@ -274,14 +280,13 @@ def plot_accuracy(records: list[dict], path: Path) -> bool:
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch (dashed: incomplete)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    tables.legend_outside(ax, fontsize=7)
+    tables.save(fig, path)
     return True
 
 
 def plot_params(records: list[dict], path: Path) -> bool:
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
     from matplotlib.ticker import FuncFormatter
 
     done = [r for r in records if r["status"] == "complete" and r["params"] and r["final_test_acc"] is not None]
@@ -297,13 +302,12 @@ def plot_params(records: list[dict], path: Path) -> bool:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1, 10 rather than 10^-1
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.grid(alpha=0.3, which="both")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    tables.save(fig, path)
     return True
 
 
 def plot_scaling(rows: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
 
     fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.8))
     groups: dict[tuple, list[dict]] = {}
@@ -323,20 +327,226 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
         a.set_xscale("log", base=2)
         a.set_xticks(ticks, [str(t) for t in ticks])
         a.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    tables.legend_outside(ax)  # outside the axes: never over the scaling curves
+    tables.save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # the report
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+# ----------------------------------------------------------------------------------------------------
+# repeats: runs that differ only in run.seed form one group, reported with harness.stats (mean ± std, n, 95% CI)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def group_key(rec: dict) -> str:
+    """Everything that decides a run's result: its config without the run section (seed, directory, names,
+    logging) and without train.resume, plus the process count. Runs with no config are their own group."""
+    cfg = {k: v for k, v in _flat(rec.get("config") or {}).items()
+           if not k.startswith("run.") and k != "train.resume"}
+    if not cfg:
+        return f"run:{rec['name']}"
+    return json.dumps({**cfg, "world_size": rec.get("world_size")}, sort_keys=True, default=str)
+
+
+def seed_groups(records: list[dict]) -> list[dict]:
+    """Complete runs grouped by `group_key`; per group the statistics of validation accuracy (the selection
+    metric), test accuracy, training time and images/s. Sorted by mean validation accuracy (groups without
+    validation last, by name): the ranking never looks at the test set."""
+    from harness.stats import summarize
+
+    by_key: dict[str, list[dict]] = {}
+    for r in records:
+        if r["status"] == "complete":
+            by_key.setdefault(group_key(r), []).append(r)
+    flat = {key: _flat(runs[0].get("config") or {}) for key, runs in by_key.items()}
+    # the keys that tell groups apart (besides the model): shown in the group's label
+    varying = sorted({k for f in flat.values() for k in f if not k.startswith("run.") and k not in
+                      ("model.name", "train.resume") and len({str(g.get(k)) for g in flat.values()}) > 1})
+    groups = []
+    for key, runs in by_key.items():
+        runs = sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["name"]))
+        first = runs[0]
+        label = ", ".join([str(first["model"])] + [f"{k}={flat[key].get(k)}" for k in varying])
+        groups.append({
+            "label": label, "model": first["model"], "n": len(runs), "params": first["params"],
+            "gflops": first["gflops"], "world_size": first["world_size"],
+            "seeds": [r.get("seed") for r in runs], "runs": [r["name"] for r in runs], "records": runs,
+            "val_acc": summarize(r["best_val_acc"] for r in runs),
+            "test_acc": summarize(r["final_test_acc"] for r in runs),
+            "train_s": summarize(r["train_s"] for r in runs),
+            "images_per_s": summarize(r["images_per_s"] for r in runs),
+            "latency_ms": summarize(r.get("latency_ms") for r in runs),
+        })
+    groups.sort(key=lambda g: (g["val_acc"]["mean"] is None, -(g["val_acc"]["mean"] or 0), g["label"]))
+    return groups
+
+
+def seed_table(groups: list[dict]) -> str:
+    from harness.stats import format_mean_std
+
+    latency = any(g["latency_ms"]["n"] for g in groups)
+    header = ["rank", "model", "n", "params (M)", "GFLOPs/img", "val acc (%)", "test acc (%)", "train time (s)",
+              "images/s"] + (["latency (ms)"] if latency else []) + ["seeds"]
+    rows = []
+    for i, g in enumerate(groups, start=1):
+        rows.append([i if g["val_acc"]["n"] else "-", g["label"], g["n"],
+                     num(g["params"] and g["params"] / 1e6, ".2f"), num(g["gflops"], ".3f"),
+                     format_mean_std(g["val_acc"], 100), format_mean_std(g["test_acc"], 100),
+                     format_mean_std(g["train_s"], 1, 1), format_mean_std(g["images_per_s"], 1, 0)]
+                    + ([format_mean_std(g["latency_ms"], 1, 2)] if latency else [])
+                    + [", ".join(str(s) for s in g["seeds"])])
+    return markdown_table(header, rows)
+
+
+def seed_rows(groups: list[dict]) -> list[dict]:
+    """seeds.csv: one row per group, each statistic in its own column."""
+    rows = []
+    for g in groups:
+        row = {"group": g["label"], "model": g["model"], "n": g["n"], "params": g["params"], "gflops": g["gflops"],
+               "seeds": " ".join(map(str, g["seeds"])), "runs": " ".join(g["runs"])}
+        for metric in ("val_acc", "test_acc", "train_s", "images_per_s", "latency_ms"):
+            for stat in ("mean", "std", "ci95_low", "ci95_high", "min", "max"):
+                row[f"{metric}_{stat}"] = g[metric][stat]
+        rows.append(row)
+    return rows
+
+
+def _frontier(points: list[tuple[float, float]], higher_x_better: bool) -> list[tuple[float, float]]:
+    """The non-dominated points (accuracy up, and x up or down), in x order."""
+    pts = sorted(points, key=lambda p: -p[0] if higher_x_better else p[0])
+    best, front = -float("inf"), []
+    for x, y in pts:
+        if y > best:
+            front.append((x, y))
+            best = y
+    return sorted(front)
+
+
+def plot_pareto(groups: list[dict], path: Path) -> bool:
+    """Test accuracy against images/s and against GFLOPs per group: the mean with ± std error bars, every
+    seed as a faint point, the Pareto frontier dashed."""
+    plt = tables.pyplot()
+
+    shown = [g for g in groups if g["test_acc"]["n"]]
+    if not shown:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    panels = [(axes[0], "images_per_s", "training images/s (log scale)", True),
+              (axes[1], "gflops", "forward GFLOPs per image (log scale)", False)]
+    for ax, key, xlabel, higher_better in panels:
+        pts = []
+        for g in shown:
+            xs = ([r["images_per_s"] for r in g["records"]] if key == "images_per_s" else
+                  [g["gflops"]] * g["n"])
+            ys = [r["final_test_acc"] for r in g["records"]]
+            pairs = [(x, 100 * y) for x, y in zip(xs, ys) if x and y is not None]
+            if not pairs:
+                continue
+            x_stats = g["images_per_s"] if key == "images_per_s" else {"mean": g["gflops"], "std": None}
+            y_mean, y_std = 100 * g["test_acc"]["mean"], g["test_acc"]["std"]
+            line = ax.errorbar(x_stats["mean"], y_mean, yerr=100 * y_std if y_std else None,
+                               xerr=x_stats["std"] or None, fmt="o", capsize=3, label=g["label"])
+            ax.scatter(*zip(*pairs), s=12, alpha=0.35, color=line[0].get_color())
+            ax.annotate(g["model"], (x_stats["mean"], y_mean), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            pts.append((x_stats["mean"], y_mean))
+        if len(pts) > 1:
+            front = _frontier(pts, higher_better)
+            ax.plot(*zip(*front), linestyle="--", color="gray", alpha=0.6, zorder=0)
+        ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title("Accuracy against throughput (up and right is better)")
+    axes[1].set_title("Accuracy against compute (up and left is better)")
+    n_max = max(g["n"] for g in shown)
+    fig.suptitle(f"Mean ± std over seeds (faint points: single runs, up to n={n_max}); dashed: Pareto frontier",
+                 fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) <= 25:
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    tables.save(fig, path)
+    return True
+
+
+def plot_grad_flow(groups: list[dict], path: Path) -> bool:
+    """Per group with grad_norms.jsonl (its first seed): gradient norm against depth at a few points of
+    training (colour: early to late), panels side by side on one y scale so models compare at a glance."""
+    plt = tables.pyplot()
+    from matplotlib import cm
+
+    panels = []
+    for g in sorted(groups, key=lambda g: g["label"]):  # plainnet18 beside plainnet34, resnet18 ...
+        rows = read_jsonl(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # written by harness.gradflow
+        if rows:
+            panels.append((g, rows))
+    if not panels:
+        return False
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (g, rows) in zip(axes.flat, panels):
+        picks = sorted({round(i * (len(rows) - 1) / 4) for i in range(5)})  # first, quarters, last
+        for i in picks:
+            row = rows[i]
+            depth = [d for _, d, _ in row["layers"]]
+            norm = [max(v, 1e-12) for _, _, v in row["layers"]]
+            ax.plot(depth, norm, marker=".", markersize=3, color=cm.viridis(i / max(1, len(rows) - 1)),
+                    label=f"step {row['step']} (epoch {row['epoch']:.1f})")
+        ax.set(yscale="log", title=f"{g['label']} ({len(rows[0]['layers'])} layers)",
+               xlabel="depth (0 = input layer)")
+        ax.grid(alpha=0.3, which="both")
+        tables.legend_outside(ax, fontsize=6.5)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("gradient norm (log scale)")
+    fig.suptitle("Gradient norm of each weight layer by depth, over training (mean over each log interval)",
+                 fontsize=10)
+    fig.tight_layout()
+    tables.save(fig, path)
+    return True
+
+
+def plot_train_loss(groups: list[dict], path: Path) -> bool:
+    """Training loss per epoch, mean over each group's seeds with the min-max band: the degradation
+    experiment's evidence (a deeper plain net trains worse, not only generalises worse)."""
+    plt = tables.pyplot()
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    drawn = False
+    for g in groups:
+        per_epoch: dict[int, list[float]] = {}
+        for r in g["records"]:
+            for row in read_jsonl(Path(r["source"]) / "metrics.jsonl"):
+                if row.get("kind") == "epoch" and row.get("train_loss") is not None:
+                    per_epoch.setdefault(row["epoch"], []).append(row["train_loss"])
+        if not per_epoch:
+            continue
+        epochs = sorted(per_epoch)
+        mean = [statistics.fmean(per_epoch[e]) for e in epochs]
+        line = ax.plot(epochs, mean, marker="o" if len(epochs) < 30 else None, label=f"{g['label']} (n={g['n']})")[0]
+        if g["n"] > 1:
+            ax.fill_between(epochs, [min(per_epoch[e]) for e in epochs], [max(per_epoch[e]) for e in epochs],
+                            color=line.get_color(), alpha=0.15)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set(xlabel="epoch", ylabel="training loss", yscale="log",
+           title="Training loss per epoch (mean over seeds; band: min to max)")
+    ax.grid(alpha=0.3, which="both")
+    tables.legend_outside(ax, fontsize=7)
+    tables.save(fig, path)
+    return True
 
 
 def build_report(records: list[dict], out: Path, source: str) -> Path:
@@ -361,6 +571,14 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
     devices = sorted({str(r["device"]) for r in complete if r["device"]})
     if devices:
         md.append("Devices: " + "; ".join(devices) + ".\n")
+    groups = seed_groups(records)
+    if groups:  # repeats over run.seed, with statistics (harness.stats): the table to quote
+        rows = seed_rows(groups)
+        write_csv(out / "seeds.csv", rows, list(rows[0]))
+        md += ["## Over seeds\n", seed_table(groups),
+               "\nRuns whose configs differ only in `run.*` (seed, directory, names) form one row: mean ± sample "
+               "std (n, Student-t 95% interval of the mean). Ranked by validation accuracy (best epoch, "
+               "data.val_size > 0); the test set never chooses. Every statistic is in [seeds.csv](seeds.csv).\n"]
     if scaling:
         write_csv(out / "scaling.csv", scaling, list(scaling[0]))
         plot_scaling(scaling, out / "scaling.png")
@@ -381,20 +599,41 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
         md += ["## Accuracy curves\n", "![accuracy curves](accuracy_curves.png)\n"]
     if plot_params(records, out / "params_vs_accuracy.png"):
         md += ["## Parameters against accuracy\n", "![params vs accuracy](params_vs_accuracy.png)\n"]
+    if plot_pareto(groups, out / "pareto.png"):
+        md += ["## Accuracy against speed and compute\n", "![pareto](pareto.png)\n"]
+    if plot_train_loss(groups, out / "train_loss.png"):
+        md += ["## Training loss\n", "![training loss](train_loss.png)\n"]
+    if plot_grad_flow(groups, out / "grad_flow.png"):
+        md += ["## Gradient flow\n", "Runs with train.log_grad_norms=true: the gradient norm of every weight layer, "
+               "input layer first.\n", "![gradient flow](grad_flow.png)\n"]
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
 
 
+@dataclass
+class ReportOptions:
+    out: str = ""  # where report.md, the CSVs and the PNGs go (required)
+    wandb_project: str = ""  # also read runs from this W&B project (ENTITY/PROJECT or PROJECT)
+    wandb_group: str = ""  # only the W&B runs of this group (a sweep's name)
+
+
+REPORT_USAGE = "python -m harness.report [RUNS_DIR] out=DIR [wandb_project=P [wandb_group=G]]"
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="?", help="a folder of run directories (e.g. runs/sweeps/architectures)")
-    ap.add_argument("--out", required=True, help="where report.md, the CSVs and the PNGs go")
-    ap.add_argument("--wandb-project", help="also read runs from this W&B project (ENTITY/PROJECT or PROJECT)")
-    ap.add_argument("--wandb-group", help="only the W&B runs of this group (a sweep's name)")
-    args = ap.parse_args(argv)
+    import sys
+
+    old = {"--out": ("out", True), "--wandb-project": ("wandb_project", True), "--wandb-group": ("wandb_group", True)}
+    positional, own, extra = C.split_cli(list(sys.argv[1:] if argv is None else argv), ReportOptions, old)
+    args = C.parse_args(ReportOptions, own + extra, prog="python -m harness.report", usage=REPORT_USAGE)
+    if len(positional) > 1:
+        raise UserError(f"one folder of run directories, got {positional}; usage: {REPORT_USAGE}")
+    args.runs = positional[0] if positional else None
+    if not args.out:
+        raise UserError(f"out=DIR is required: where report.md, the CSVs and the PNGs go; usage: {REPORT_USAGE}")
     if not args.runs and not args.wandb_project:
-        raise UserError("name a folder of run directories, or --wandb-project P, or both")
+        raise UserError("name a folder of run directories, or wandb_project=P, or both")
     records, sources = [], []
     if args.runs:
         root = Path(args.runs)

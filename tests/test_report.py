@@ -94,10 +94,10 @@ def test_wandb_offline_says_so(tmp_path, monkeypatch):
 def test_record_from_wandb_reads_what_the_tracker_logs():
     """A stand-in for a wandb.apis.public.Run (not real data): only checks the conversion of the keys
     harness.run.Tracker logs (`epoch/<key>`, `step/<key>`) and the nested config."""
-    rows = [{"step/images_per_s": 2000.0, "step/images_per_s_per_device": 500.0},
-            {"epoch/epoch": 1, "epoch/test_acc": 0.5, "epoch/images_per_s": 900.0, "epoch/train_s": 10.0},
-            {"epoch/epoch": 2, "epoch/test_acc": 0.7, "epoch/images_per_s": 1000.0, "epoch/train_s": 20.0},
-            {"epoch/epoch": 3, "epoch/test_acc": 0.65, "epoch/images_per_s": 1100.0, "epoch/train_s": 30.0}]
+    rows = [{"perf/images_per_s": 2000.0, "perf/images_per_s_per_device": 500.0},  # Tracker's W&B names
+            {"train/epoch": 1, "test/acc": 0.5, "perf/epoch_images_per_s": 900.0, "perf/train_s": 10.0},
+            {"train/epoch": 2, "test/acc": 0.7, "perf/epoch_images_per_s": 1000.0, "perf/train_s": 20.0},
+            {"train/epoch": 3, "test/acc": 0.65, "perf/epoch_images_per_s": 1100.0, "perf/train_s": 30.0}]
     run = types.SimpleNamespace(name="r1", id="abc", state="finished", summary={"_runtime": 42.0},
                                 config={"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"},
                                         "train": {"epochs": 3, "batch_size": 512, "target_acc": 0.6}},
@@ -109,9 +109,80 @@ def test_record_from_wandb_reads_what_the_tracker_logs():
     assert rec["time_to_target_s"] == 20.0 and rec["wall_s"] == 42.0
 
 
-def test_ddp_overhead_measures_both(tmp_path):
-    proc = run_harness(["--model", "lenet5", "--batch", "4", "--steps", "2", "--rounds", "1", "--warmup", "1"],
-                       module="harness.ddp_overhead")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "gloo" and result["steps_each"] == 2
-    assert result["plain_step_ms"] > 0 and result["ddp_step_ms"] > 0
+# ----------------------------------------------------------------------------------------------------
+# repeats over run.seed: statistics against numpy on known numbers
+
+
+def _fake_run(root: Path, name: str, model: str, seed: int, val: float, test: float, train_s: float, ips: float,
+              lr: float = 0.1) -> None:
+    """A finished run directory with chosen numbers (config.yaml as harness.train writes it)."""
+    import yaml
+
+    from harness import config as C
+
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = C.load(C.Config, None, [f"model.name={model}", f"run.seed={seed}", f"run.dir={d}", f"optim.lr={lr}"])
+    (d / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+    (d / "summary.json").write_text(json.dumps({
+        "model": model, "dataset": "cifar10", "params": 1000, "gflops": 0.5, "test_acc": test, "best_val_acc": val,
+        "train_s": train_s, "wall_s": train_s + 1, "train_images_per_s": ips, "world_size": 1, "global_batch": 128}))
+
+
+def test_seed_groups_match_numpy(tmp_path):
+    import numpy as np
+
+    vals = {"resnet18": [0.91, 0.93, 0.92, 0.95], "vgg11": [0.88, 0.87, 0.89]}
+    tests = {"resnet18": [0.90, 0.925, 0.915, 0.94], "vgg11": [0.86, 0.865, 0.88]}
+    times = {"resnet18": [100.0, 104.0, 98.0, 103.0], "vgg11": [50.0, 55.0, 53.0]}
+    rates = {"resnet18": [5000.0, 5100.0, 4900.0, 5050.0], "vgg11": [9000.0, 9100.0, 8800.0]}
+    for model in vals:
+        for seed, (v, t, s, r) in enumerate(zip(vals[model], tests[model], times[model], rates[model])):
+            _fake_run(tmp_path / "runs", f"{model}-seed{seed}", model, seed, v, t, s, r)
+    # the same model at another lr is another group, even with the same seeds
+    _fake_run(tmp_path / "runs", "vgg11-lr-seed0", "vgg11", 0, 0.99, 0.5, 1.0, 1.0, lr=0.2)
+
+    groups = R.seed_groups([R.read_run(p, tmp_path / "runs") for p in R.find_runs(tmp_path / "runs")])
+    assert [(g["model"], g["n"]) for g in groups] == [("vgg11", 1), ("resnet18", 4), ("vgg11", 3)]  # by val acc
+    t975 = {3: 3.1824, 2: 4.3027}  # Student t(0.975, n - 1)
+    for g in groups[1:]:
+        m = g["model"]
+        for key, xs in (("val_acc", vals[m]), ("test_acc", tests[m]), ("train_s", times[m]),
+                        ("images_per_s", rates[m])):
+            xs = np.array(xs)
+            half = t975[len(xs) - 1] * xs.std(ddof=1) / np.sqrt(len(xs))
+            s = g[key]
+            assert s["n"] == len(xs)
+            assert s["mean"] == pytest.approx(xs.mean(), rel=1e-12)
+            assert s["std"] == pytest.approx(xs.std(ddof=1), rel=1e-12)
+            assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((xs.mean() - half, xs.mean() + half), rel=1e-4)
+        assert g["seeds"] == list(range(len(vals[m])))
+    assert "lr=0.2" in groups[0]["label"] and "lr=0.1" in groups[1]["label"]
+
+    out = tmp_path / "report"
+    R.build_report([R.read_run(p, tmp_path / "runs") for p in R.find_runs(tmp_path / "runs")], out, "test")
+    md = (out / "report.md").read_text()
+    table = md.split("## Over seeds")[1].split("##")[0]
+    resnet = next(line for line in table.splitlines() if line.startswith("| 2 | resnet18"))
+    assert f"{100 * np.mean(vals['resnet18']):.2f} ± {100 * np.std(vals['resnet18'], ddof=1):.2f}" in resnet
+    assert "(n=4" in resnet
+    with open(out / "seeds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[1]["test_acc_mean"]) == pytest.approx(np.mean(tests["resnet18"]))
+    assert (out / "pareto.png").is_file()
+    # the architecture table ranks by validation accuracy too: the lr=0.2 run (val 0.99, test 0.5) first
+    arch = md.split("## Architecture comparison")[1].split("##")[0]
+    assert [line for line in arch.splitlines() if line.startswith("| ")][1].split("|")[-2].strip() == "vgg11-lr-seed0"
+
+
+def test_grad_flow_plot_from_grad_norms_files(tmp_path):
+    _fake_run(tmp_path / "runs", "plain", "plainnet18", 0, 0.5, 0.5, 1.0, 1.0)
+    _fake_run(tmp_path / "runs", "res", "resnet18", 0, 0.6, 0.6, 1.0, 1.0)
+    for name in ("plain", "res"):
+        with open(tmp_path / "runs" / name / "grad_norms.jsonl", "w") as f:
+            for step in (10, 20, 30):
+                f.write(json.dumps({"step": step, "epoch": step / 10, "steps": 10,
+                                    "layers": [[f"l{d}", d, 1.0 / (d + 1) / step] for d in range(5)]}) + "\n")
+    out = tmp_path / "report"
+    R.main([str(tmp_path / "runs"), "--out", str(out)])
+    assert (out / "grad_flow.png").is_file() and "## Gradient flow" in (out / "report.md").read_text()
