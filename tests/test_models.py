@@ -57,6 +57,10 @@ SEED_PARAMS = {
     # 004's table names EfficientNet-B0 only: torchvision efficientnet_b0(num_classes=10) (strides
     # change no weights; its 1000-class count is 5_288_548)
     "efficientnet_b0": 4_020_358,
+    # speed recipe: airbench94's network (widths 64/256/256, 2x2 whitening conv 3->24), 1.97M as published
+    "airnet": 1_972_792,
+    # 004 mini-project 1 (< 1M parameters at 85%+): designed here, not a seed class
+    "compact_resnet": 696_618,
 }
 
 ALL = list_models()
