@@ -46,6 +46,10 @@ class ModelConfig:
     name: str = "resnet18"  # a name from `python -m harness.models`, or your own: my_pkg.my_module:build, timm/<name>
     num_classes: int = 0  # 0: taken from the dataset (10 for CIFAR-10, 100 for CIFAR-100)
     init_from: str = ""  # start from these weights: a run directory, a .safetensors/.pth state dict, or torchvision ImageNet weights (keys that do not fit are re-initialised and listed)
+    whiten: bool = False  # patch-whitening init (harness/whiten.py): the first conv's filters become the eigenvectors of the training images' patch covariance / sqrt(eigenvalue + whiten_eps), and their negatives, then stay frozen (airnet's 2x2 conv is built for it)
+    whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
+    whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
+    whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
 
 
 @dataclass
@@ -59,13 +63,15 @@ class DataConfig:
     download: bool = True  # fetch missing files when online (rank 0 downloads, the others wait)
     limit_train: int = 0  # use only the first N training images (0: all)
     val_size: int = 0  # hold out the last N training images for validation (0: none)
-    backend: str = choices("auto", "torch", "dali", "synthetic", default="auto")
+    backend: str = choices("auto", "torch", "dali", "synthetic", default="auto")  # auto: the data bench's measured winner for the device (harness/data/loaders.py AUTO_BACKEND; torch until a GPU figure shows DALI faster)
     augment: bool = True  # random crop with padding + horizontal flip on the training set
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0  # side of a zeroed square (0: off)
+    flip_mode: str = choices("random", "alternate", default="random")  # random: a fresh coin per image and epoch; alternate: the image's epoch-0 coin XOR (epoch % 2), so each image is seen both ways in consecutive epochs (airbench's derandomised flip)
+    pad_mode: str = choices("zeros", "reflect", default="zeros")  # the random crop's padding: zeros, or the image mirrored across its border (reflect, edge pixel not repeated)
     prefetch: int = 2  # DALI prefetch queue depth
-    drop_last: bool = True  # training: drop the incomplete last batch (evaluation never drops)
+    drop_last: bool = True  # training: drop the samples that do not fill a last global batch; false: fill it by wrapping around the epoch's order (evaluation never drops)
     synthetic_size: int = 50000  # images per epoch for backend=synthetic
     classes: list[int] = field(default_factory=list)  # keep only these class indices, relabelled 0..k-1 in this order ([]: all)
 
@@ -86,7 +92,12 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm (0: off)
     label_smoothing: float = 0.0
     ema: float = 0.0  # EMA decay of the weights, evaluated instead of the raw weights (0: off)
-    tta_flip: bool = False  # average logits of the image and its mirror at evaluation
+    tta_flip: bool = False  # average logits of the image and its mirror at evaluation (the same as train.tta=flip)
+    tta: str = choices("none", "flip", "flip_translate", default="none")  # test-time augmentation, mean logits over views: flip: the image and its mirror; flip_translate: also both shifted one pixel up-left and down-right (reflect padding), 6 views, the unshifted pair weighing 1/2
+    lookahead_every: int = 0  # Lookahead: every k optimiser steps the slow weights move toward the fast ones and the fast restart from them; the last step leaves the slow weights (0: off; airbench94: 5)
+    lookahead_decay: float = 0.7738  # the slow weights' decay at the end of training, ramping as (step/total)^3 from 0 (airbench94: 0.95^5)
+    warmup_run: bool = False  # before the timed run, train a few steps on throwaway copies of the weights and optimiser (compilation and cuDNN autotuning out of time_s), then restore them
+    repeats: int = 1  # train this many seeds (run.seed, run.seed+1, ...), each in run.dir/seed-<k>, and write run.dir/repeats.json: accuracy and time, mean ± std and 95% interval
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated; 0: only the last)
     eval_batch_size: int = 1000  # global
     max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
@@ -98,7 +109,9 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = choices("sgd", "adamw", default="sgd")
+    name: str = choices("sgd", "adamw", "muon", default="sgd")  # muon: 4-D conv filters get Newton-Schulz orthogonalised momentum (muon_lr, muon_momentum), the rest SGD (nesterov as set)
+    muon_lr: float = 0.24  # optim.name=muon: the conv filters' peak lr (orthogonalised updates have a fixed size: not batch-scaled; follows the schedule)
+    muon_momentum: float = 0.6  # optim.name=muon: the conv filters' momentum (nesterov)
     lr: float = 0.1  # the learning rate at ref_batch_size ...
     ref_batch_size: int = 128  # ... scaled to train.batch_size * train.grad_accum by lr_scaling
     lr_scaling: str = choices("linear", "sqrt", "none", default="linear")
@@ -107,7 +120,10 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
     no_wd_norm_bias: bool = False  # exclude norm weights and all biases from weight decay
-    schedule: str = choices("cosine", "onecycle", "linear", "constant", default="cosine")
+    weight_decay_mode: str = choices("coupled", "decoupled", default="coupled")  # decoupled: at the peak lr each step removes weight_decay x batch/ref_batch_size of every decayed weight, whatever its group's lr (then scaled by the schedule, as airbench)
+    bias_lr_scale: float = 1.0  # lr multiplier for 1-D parameters: biases and norm scales/shifts (airbench94: 64 for BatchNorm biases)
+    freeze_norm_weights: bool = False  # norm layers' scales stay at their init (1): only their biases train (airbench)
+    schedule: str = choices("cosine", "onecycle", "linear", "triangular", "constant", default="cosine")  # linear with no warm-up: straight from the peak to min_lr_ratio; triangular: 0.2 x peak rising to the peak (default at 23% of the steps), then linear to min_lr_ratio (airbench94)
     warmup_epochs: float = 0.0  # linear warm-up from 0 (onecycle: the rising part; default 0.3 * epochs)
     min_lr_ratio: float = 0.0  # the schedule's floor, as a fraction of the peak lr
     layer_lr_decay: float = 1.0  # discriminative lr: each stage below the head trains at lr x decay^depth-from-top (1: off)
@@ -408,6 +424,35 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "harness", usage:
             overrides.append(a)
         i += 1
     return load(cls, path, overrides)
+
+
+def split_cli(argv: list[str], cls, old_flags: dict[str, tuple[str, bool]] | None = None):
+    """For tools with positional arguments beside their options (a sweep file, a runs folder): (positional
+    words, key=value for `cls`'s own keys, every other key=value). `old_flags` maps a former argparse flag
+    to (key, takes a value), so `--out DIR` still means `out=DIR`; -h/--help go with the tool's keys."""
+    own_keys = {f.name for f in dataclasses.fields(cls)}
+    positional, own, other = [], [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        flag, eq, value = a.partition("=")
+        if old_flags and flag in old_flags:
+            key, takes = old_flags[flag]
+            if takes and not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{flag} needs a value; write {key}=... instead")
+                value, i = argv[i + 1], i + 1
+            own.append(f"{key}={value if takes else 'true'}")
+        elif a in ("-h", "--help"):
+            own.append(a)
+        elif a.startswith("-"):
+            raise ConfigError(f"unknown option {a}; options are key=value (see --help)")
+        elif "=" in a:
+            (own if flag in own_keys else other).append(a)
+        else:
+            positional.append(a)
+        i += 1
+    return positional, own, other
 
 
 def run_cli(main):

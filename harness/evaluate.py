@@ -14,10 +14,31 @@ class Interrupted(Exception):
     """Evaluation stopped early because a stop (SIGTERM/SIGUSR1) was agreed by all ranks."""
 
 
+def tta_logits(model, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """float32 logits averaged over the test-time views (train.tta): none: the image; flip: the image and
+    its mirror; flip_translate: that pair at weight 1/2, plus the pairs shifted one pixel up-left and
+    down-right (reflect padding) at 1/4 each: 6 views, airbench94's level-2 TTA."""
+    if tta == "none":
+        return model(x).float()
+
+    def pair(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(v).float() + model(v.flip(3)).float())
+
+    if tta == "flip":
+        return pair(x)
+    h, w = x.shape[-2:]
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left = padded[..., :h, :w].contiguous(memory_format=fmt)  # content moves down-right by one pixel
+    down_right = padded[..., 2:, 2:].contiguous(memory_format=fmt)
+    return 0.5 * pair(x) + 0.25 * pair(up_left) + 0.25 * pair(down_right)
+
+
 @torch.no_grad()
-def evaluate(model, loader, accelerator, num_classes: int, tta_flip: bool = False, should_stop=None) -> dict:
+def evaluate(model, loader, accelerator, num_classes: int, tta: str | bool = "none", should_stop=None) -> dict:
     """{'acc', 'loss', 'n', 'per_class'} of `model` over `loader`. `should_stop()` is asked after every
     batch (it must give every rank the same answer at the same batch); True raises Interrupted."""
+    tta = {True: "flip", False: "none"}.get(tta, tta)  # train.tta_flip's boolean: flip or none
     was_training = model.training
     model.eval()
     dev = accelerator.device
@@ -27,15 +48,12 @@ def evaluate(model, loader, accelerator, num_classes: int, tta_flip: bool = Fals
     try:
         for x, y in loader:
             with accelerator.autocast():
-                logits = model(x)
-                if tta_flip:
-                    logits = logits + model(x.flip(3))
-            logits = logits.float()
+                logits = tta_logits(model, x, tta)
             valid = (y >= 0).double()
             onehot = F.one_hot(y.clamp(min=0), num_classes).double() * valid[:, None]
             total += onehot.sum(0)
             correct += (onehot * (logits.argmax(1) == y).double()[:, None]).sum(0)
-            loss_sum += F.cross_entropy(logits / (2 if tta_flip else 1), y, ignore_index=-1,
+            loss_sum += F.cross_entropy(logits, y, ignore_index=-1,
                                         reduction="sum").double()
             if should_stop is not None and should_stop():
                 raise Interrupted
@@ -53,5 +71,6 @@ def evaluate_all(model, ema, loaders: dict, accelerator, num_classes: int, cfg, 
     if ema is not None:
         ema.sync(accelerator)
     net = ema.module if ema is not None else model
-    return {name: evaluate(net, loader, accelerator, num_classes, cfg.train.tta_flip, should_stop)
+    tta = cfg.train.tta if cfg.train.tta != "none" else ("flip" if cfg.train.tta_flip else "none")
+    return {name: evaluate(net, loader, accelerator, num_classes, tta, should_stop)
             for name, loader in loaders.items()}

@@ -10,7 +10,8 @@ fp16 with its gradient scaler) and compilation (its dynamo plugin compiles the D
 config and the launcher must agree on the last two (harness/precision.py). The loop itself is plain
 PyTorch: a pure `lr_at(step)`, `.item()` only at log intervals, evaluation outside the timed region.
 Around it, one module per job: optim.py (optimiser, schedule), ema.py, evaluate.py, checkpoint.py
-(checkpoints, the run lock, stopping on a signal), run.py (run directory, tracking).
+(checkpoints, the run lock, stopping on a signal), run.py (run directory, tracking); the speed recipe's
+options (docs/speed.md): whiten.py, lookahead.py, warmup.py, and repeats.py (train.repeats, in cli()).
 
 N processes follow the 1-process trajectory at the same global batch: the data plan depends only on
 (seed, epoch, position in the global batch), DDP averages the gradients, and the weights start identical;
@@ -32,16 +33,20 @@ import torch
 import torch.nn.functional as F
 
 from harness import config as C
+from harness import finetune, gradflow  # issue 15: init_from, freezing, per-stage lr; per-layer gradient norms
 from harness.checkpoint import Checkpoints, RunLock, StopRequest, resolve_resume
 from harness.console import Progress
-from harness.data.cifar import Dataset, Split, load_dataset, random_split
+from harness.data.cifar import Dataset, Split, load_dataset, random_split, select_classes
 from harness.data.loaders import Augment, build_loader, resolve_backend
 from harness.ema import EMA
 from harness.errors import UserError
 from harness.evaluate import Interrupted, evaluate_all
-from harness.optim import build_optimizer, lr_at, scaled_lr
+from harness.lookahead import Lookahead
+from harness.optim import batch_ratio, build_optimizer, limit_steps, lr_at, scaled_lr, set_lr
 from harness.precision import resolve_compile, resolve_precision
 from harness.run import Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, write_json
+from harness.warmup import warm_up
+from harness.whiten import init_whitening
 
 
 class TrainState:
@@ -95,12 +100,16 @@ def check_config(cfg: C.Config, world: int) -> None:
     at_least = {1: [("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                     ("train.eval_batch_size", t.eval_batch_size), ("run.log_every", r.log_every),
                     ("run.keep_checkpoints", r.keep_checkpoints), ("data.prefetch", d.prefetch),
-                    ("data.synthetic_size", d.synthetic_size), ("optim.ref_batch_size", o.ref_batch_size)],
+                    ("data.synthetic_size", d.synthetic_size), ("optim.ref_batch_size", o.ref_batch_size),
+                    ("train.repeats", t.repeats), ("model.whiten_images", cfg.model.whiten_images)],
                 0: [("train.eval_every", t.eval_every), ("train.max_steps", t.max_steps),
                     ("train.grad_clip", t.grad_clip), ("run.checkpoint_every", r.checkpoint_every),
                     ("data.limit_train", d.limit_train), ("data.val_size", d.val_size),
                     ("data.crop_padding", d.crop_padding), ("data.cutout", d.cutout),
-                    ("optim.weight_decay", o.weight_decay), ("optim.warmup_epochs", o.warmup_epochs)]}
+                    ("optim.weight_decay", o.weight_decay), ("optim.warmup_epochs", o.warmup_epochs),
+                    ("train.lookahead_every", t.lookahead_every), ("optim.bias_lr_scale", o.bias_lr_scale),
+                    ("optim.muon_lr", o.muon_lr), ("model.whiten_eps", cfg.model.whiten_eps),
+                    ("model.whiten_bias_epochs", cfg.model.whiten_bias_epochs)]}
     for low, items in at_least.items():
         for key, v in items:
             if v < low:
@@ -108,7 +117,8 @@ def check_config(cfg: C.Config, world: int) -> None:
                                     + (" (0: off)" if low == 0 and key != "train.eval_every" else "")
                                     + (" (0: evaluate only after the last epoch)" if key == "train.eval_every" else ""))
     fractions = [("train.label_smoothing", t.label_smoothing, "0.1"), ("optim.momentum", o.momentum, "0.9"),
-                 ("optim.min_lr_ratio", o.min_lr_ratio, "0.01"), ("train.ema", t.ema, "0.999")]
+                 ("optim.min_lr_ratio", o.min_lr_ratio, "0.01"), ("train.ema", t.ema, "0.999"),
+                 ("train.lookahead_decay", t.lookahead_decay, "0.77"), ("optim.muon_momentum", o.muon_momentum, "0.6")]
     fractions += [(f"optim.betas[{i}]", b, "0.9") for i, b in enumerate(o.betas)]
     for key, v, example in fractions:
         if not 0.0 <= v < 1.0:
@@ -125,6 +135,7 @@ def check_config(cfg: C.Config, world: int) -> None:
         raise C.ConfigError(f"train.target_acc={t.target_acc}: a fraction in [0, 1] (e.g. 0.94), 0 for off")
     if o.lr <= 0:
         raise C.ConfigError(f"optim.lr={o.lr}: must be positive")
+    finetune.check_config(cfg, world)  # train.freeze / unfreeze_epochs / optim.layer_lr_decay
 
 
 def build_model(cfg: C.Config, num_classes: int, device, world: int) -> torch.nn.Module:
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
 
     # ---- data: each rank renders its slice of every global batch of one shared plan ---------------
-    ds = load_data(cfg, accelerator)
+    ds = select_classes(load_data(cfg, accelerator), cfg.data.classes)  # data.classes: a subset, relabelled 0..k-1
     num_classes = cfg.model.num_classes or ds.num_classes
     train_split, val_split = split_train_val(ds, cfg.data.limit_train, cfg.data.val_size)
     backend = resolve_backend(cfg.data.backend, device)
@@ -220,9 +231,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model, EMA, optimiser: the raw model is kept for EMA and for saving ----------------------
     raw_model = build_model(cfg, num_classes, device, world)
+    init_note = finetune.apply_init(raw_model, cfg.model.init_from)  # model.init_from: says which keys loaded
+    if init_note:
+        accelerator.print(init_note)
+    # speed option (docs/speed.md): the first conv whitened from the training images and frozen, before the
+    # optimiser sees what trains; its time counts as training time (summary time_s), as in airbench
+    setup_s, whitened = 0.0, None
+    if cfg.model.whiten:
+        t0 = time.perf_counter()
+        whitened = init_whitening(raw_model, train_split.images, cfg.model.whiten_eps, cfg.model.whiten_images)
+        setup_s = time.perf_counter() - t0
     ema = EMA(raw_model, cfg.train.ema) if cfg.train.ema > 0 else None
+    lookahead = Lookahead(raw_model, cfg.train.lookahead_every, cfg.train.lookahead_decay) \
+        if cfg.train.lookahead_every else None  # speed option: slow weights every k steps (harness/lookahead.py)
     peak_lr = scaled_lr(cfg)
-    optimizer = build_optimizer(raw_model, cfg.optim, peak_lr)
+    optimizer = build_optimizer(raw_model, cfg.optim, peak_lr, batch_ratio(cfg))
+    if whitened is not None and whitened.bias is not None and cfg.model.whiten_bias_epochs > 0:
+        limit_steps(optimizer, whitened.bias,  # speed option: the whitening bias trains early only
+                    round(cfg.model.whiten_bias_epochs * math.ceil(len(train_loader) / cfg.train.grad_accum)))
+    optimizer = finetune.stage_lr_groups(optimizer, raw_model, cfg.optim)  # optim.layer_lr_decay: lr_scale per stage
+    freezer = finetune.Freezer(raw_model, cfg.train) if cfg.train.freeze != "none" else None
+    if freezer is not None:
+        freezer.apply(0)  # before prepare: DDP registers the parameters that require grad now
 
     # ---- compile + DDP (accelerate wraps DDP first, then compiles) --------------------------------------
     model, optimizer = accelerator.prepare(raw_model, optimizer)
@@ -231,12 +261,18 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.register_for_checkpointing(state)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    if lookahead is not None:
+        accelerator.register_for_checkpointing(lookahead)
     resume_from = resolve_resume(cfg.train.resume, checkpoints)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))  # weights, optimiser, RNG states, TrainState, EMA
         accelerator.print(f"resumed from {resume_from} at epoch {state.epoch + 1}, batch {state.batch}, "
                           f"step {state.step}")
     tracker = Tracker(run_dir, accelerator, cfg)  # metrics.jsonl, and the W&B run when run.wandb
+    # train.log_grad_norms: per-layer gradient norms, summed on the device, read at log intervals
+    grad_norms = gradflow.GradNorms(raw_model, run_dir / "grad_norms.jsonl", main_proc) if cfg.train.log_grad_norms else None
+    if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore (harness/warmup.py)
+        warm_up(model, raw_model, optimizer, train_loader, accelerator, label_smoothing=cfg.train.label_smoothing)
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -285,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
         while (not stop_signal and state.epoch < cfg.train.epochs and state.step < total_steps
                and not target_reached(state, cfg)):
             train_loader.set_epoch(state.epoch)
+            if freezer is not None:
+                freezer.apply(state.epoch)  # train.freeze=gradual: stages thaw at train.unfreeze_epochs
             train_loader.load_state_dict({"epoch": state.epoch, "batch": state.batch})
             first_batch = state.batch
             # the throughput interval restarts with its clock: evaluation and checkpoints between epochs
@@ -316,8 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
                 if not sync:
                     continue
                 lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                set_lr(optimizer, lr, state.step, peak_lr)  # every group at lr x its lr_scale (harness/optim.py)
+                if grad_norms is not None:
+                    grad_norms.accumulate()  # this step's gradients (all-reduced, before clipping), on the device
                 if cfg.train.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 optimizer.step()
@@ -325,6 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if ema is not None:
                     ema.update()
                 state.step += 1
+                if lookahead is not None:
+                    lookahead.step(state.step, total_steps)
                 progress.update(1)
                 if state.step % cfg.run.log_every == 0 or state.step == total_steps:
                     loss_mean, acc, seen = interval.read(accelerator)  # the interval's one host sync
@@ -337,6 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
                            "step_ms": 1000 * dt_s / steps, "data_ms": 1000 * data_s / steps,
                            "peak_mem_mb": peak_memory_mb(device), "time_s": time.perf_counter() - start_wall}
                     tracker.log(row)
+                    if grad_norms is not None:
+                        grad_norms.log(state.step, row["epoch"])  # the interval's mean norm per layer
                     progress.update(0, loss=f"{loss_mean:.3f}", img_s=f"{row['images_per_s']:.0f}")
                     interval.reset()
                     last_step, last_t, data_s = state.step, time.perf_counter(), 0.0
@@ -415,6 +458,8 @@ def main(argv: list[str] | None = None) -> dict:
         "test_acc_at_best_val": state.test_at_best,
         "per_class_test_acc": dict(zip(ds.classes, results["test"]["per_class"])),
         "wall_s": wall_s, "train_s": state.train_s,
+        "time_s": state.train_s + setup_s,  # training alone: whitening + epochs (evaluation, compile warm-up out)
+        "warmup_run": cfg.train.warmup_run,
         "train_images_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "train_images_per_s_per_device": (sorted(rates)[len(rates) // 2] / world) if rates else None,
         "world_size": world, "epochs": state.epoch, "steps": state.step, "global_batch": global_batch,
@@ -493,7 +538,16 @@ def _nan_error(cfg, state, lr, checkpoints) -> UserError:
 
 
 def cli() -> None:
-    C.run_cli(main)
+    def run():
+        argv = sys.argv[1:]
+        cfg = C.parse_args(C.Config, argv, prog="harness.train")  # --help exits here
+        if cfg.train.repeats > 1:  # N seeds around main(): harness/repeats.py
+            from harness.repeats import run_repeats
+
+            return run_repeats(main, argv, cfg)
+        return main(argv)
+
+    C.run_cli(run)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ taking num_classes) and `timm/<name>` (with the timm extra); see `registry.py`.
 """
 
 # Importing the family modules registers their factories.
-from . import convnext, densenet, efficientnet, inception, lenet, mobilenet, resnet, vgg  # noqa: F401
+from . import airnet, compact, convnext, densenet, efficientnet, inception, lenet, mobilenet, resnet, vgg  # noqa: F401
 from .registry import (
     UnknownModelError,
     count_params,
