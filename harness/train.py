@@ -1,8 +1,9 @@
 """Train a zoo model on CIFAR: `accelerate launch harness/train.py [--config configs/X.yaml] [key=value ...]`.
 
 Also `python -m harness.train ...` (one process). With no arguments: resnet18 on CIFAR-10 with the seeds'
-recipe (SGD 0.1 momentum 0.9 wd 5e-4 at batch 128, cosine, crop+flip, 20 epochs), bf16, channels_last,
-torch.compile. `--help` lists every key.
+recipe (SGD 0.1 momentum 0.9 wd 5e-4 at batch 128, cosine, crop+flip, 20 epochs), channels_last, and
+precision/compile `auto` (bf16 + torch.compile on a GPU, or what the launcher names). `--help` lists every
+key with its description.
 
 main() reads top to bottom: config -> accelerator -> data -> model -> compile/prepare -> loop -> report.
 Accelerate owns distribution (DDP over any number of processes and nodes), mixed precision (bf16 autocast;
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import config as C
-from harness import finetune, gradflow  # issue 15: init_from, freezing, per-stage lr; per-layer gradient norms
+from harness import finetune, gradflow  # model.init_from, train.freeze, per-stage lr; train.log_grad_norms
 from harness.checkpoint import Checkpoints, RunLock, StopRequest, resolve_resume
 from harness.console import Progress
 from harness.data.cifar import Dataset, Split, load_dataset, random_split, select_classes
