@@ -1,7 +1,7 @@
-"""Look inside a trained run: `python -m harness.inspect RUN_DIR --out DIR [--data-root D] [--images 4]`.
+"""Look inside a trained run: `python -m harness.inspect RUN_DIR out=DIR [data_root=D] [images=4]`.
 
 Loads the run's weights (`harness.models.load_run`: EMA when present) and its test set (the run's
-config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to --out:
+config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to out:
   filters.png        the first layer's filters as an RGB grid (003/004 "visualise learned filters")
   feature_maps.png   for a few test images, the mean activation of each stage (`harness.finetune.stages`)
   confusion.png      the confusion matrix (rows: true class, share of the row; numbers: counts)
@@ -12,8 +12,9 @@ Runs on the CPU unless CUDA is available; a CIFAR test set takes seconds to a mi
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -225,14 +226,29 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
     return {"test_acc": acc, "confusion": counts, "misclassified": worst}
 
 
+@dataclass
+class InspectOptions:
+    out: str = ""  # where the PNGs, confusion.csv and inspect.md go (required)
+    data_root: str = ""  # the data directory, if not the run's data.root
+    images: int = 4  # test images in the feature-map figure
+
+
+USAGE = "python -m harness.inspect RUN_DIR out=DIR [data_root=D] [images=4]"
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m harness.inspect", description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", help="a finished run directory (holds config.yaml and model.safetensors)")
-    ap.add_argument("--out", required=True, help="where the PNGs, confusion.csv and inspect.md go")
-    ap.add_argument("--data-root", help="the data directory, if not the run's data.root")
-    ap.add_argument("--images", type=int, default=4, help="test images in the feature-map figure")
-    args = ap.parse_args(argv)
-    result = inspect_run(Path(args.run_dir), Path(args.out), args.data_root, args.images)
+    """The same key=value convention as every other entry point; the run directory is positional and the
+    former flags (--out, --data-root, --images) still work."""
+    old = {"--out": ("out", True), "--data-root": ("data_root", True), "--images": ("images", True)}
+    positional, own, extra = C.split_cli(list(sys.argv[1:] if argv is None else argv), InspectOptions, old)
+    args = C.parse_args(InspectOptions, own + extra, prog="python -m harness.inspect", usage=USAGE)
+    if len(positional) != 1:
+        raise UserError(f"name one finished run directory, got {positional or 'none'}; usage: {USAGE}")
+    if not args.out:
+        raise UserError(f"out=DIR is required: where the PNGs and inspect.md go; usage: {USAGE}")
+    if args.images < 1:
+        raise C.ConfigError(f"images={args.images}: at least 1 test image for the feature maps")
+    result = inspect_run(Path(positional[0]), Path(args.out), args.data_root or None, args.images)
     print(f"{Path(args.out) / 'inspect.md'}: test accuracy {100 * result['test_acc']:.2f}%, "
           f"{len(result['misclassified'])} misclassified shown")
 

@@ -465,6 +465,8 @@ def plot_pareto(groups: list[dict], path: Path) -> bool:
             ax.plot(*zip(*front), linestyle="--", color="gray", alpha=0.6, zorder=0)
         ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3, which="both")
+        # a short log axis labels its minor ticks too, and they overprint each other: label decades only
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
     axes[0].set_title("Accuracy against throughput (up and right is better)")
     axes[1].set_title("Accuracy against compute (up and left is better)")
     n_max = max(g["n"] for g in shown)
@@ -472,7 +474,8 @@ def plot_pareto(groups: list[dict], path: Path) -> bool:
                  fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     if len(labels) <= 25:
-        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout(rect=(0, 0, 0.88, 0.95))  # room on the right for the legend, beside the axes
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.885, 0.5))
     tables.save(fig, path)
     return True
 

@@ -95,7 +95,7 @@ def test_training_logs_grad_norms(data, tmp_path):
 def test_inspect_writes_filters_maps_confusion_and_mistakes(data, tmp_path):
     run, out = tmp_path / "run", tmp_path / "inspect"
     run_harness(FAST + [f"data.root={data}", f"run.dir={run}", "train.epochs=2"])
-    run_harness([str(run), "--out", str(out)], module="harness.inspect")
+    run_harness([str(run), f"out={out}"], module="harness.inspect")
     for name in ("filters.png", "feature_maps.png", "confusion.png", "misclassified.png", "inspect.md"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "confusion.csv") as f:
