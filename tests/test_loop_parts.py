@@ -183,13 +183,18 @@ def _stop_worker(rank, port, results):
     dist.destroy_process_group()
 
 
-def test_stop_is_agreed_by_all_ranks_at_the_same_call():
+def run_two_ranks(worker) -> tuple:
+    """`worker(rank, port, results)` in two processes (a gloo group on a free loopback port); their results."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_stop_worker, args=(port, results), nprocs=2, join=True)
-    a, b = results[0], results[1]
+    mp.spawn(worker, args=(port, results), nprocs=2, join=True)
+    return results[0], results[1]
+
+
+def test_stop_is_agreed_by_all_ranks_at_the_same_call():
+    a, b = run_two_ranks(_stop_worker)
     assert a == b  # the same verdict at every call on both ranks
     first = a.index(next(v for v in a if v))
     assert first == 4  # raised before call 3, exchanged at call 3, read at call 4: one call later, never blocking
@@ -274,12 +279,7 @@ def _seed_worker(rank, port, results):
 
 
 def test_ranks_start_from_the_same_weights_but_draw_their_own_dropout_masks():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_seed_worker, args=(port, results), nprocs=2, join=True)
-    (w0, a, mask0), (w1, b, mask1) = results[0], results[1]
+    (w0, a, mask0), (w1, b, mask1) = run_two_ranks(_seed_worker)
     assert w0 == w1 == 2
     assert a == b  # identical initial weights
     assert mask0 != mask1  # different dropout masks
