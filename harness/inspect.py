@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from harness import config as C
+from harness import config as C, tables
 from harness.errors import UserError
 
 
@@ -65,7 +65,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarra
 
 def plot_filters(model, path: Path) -> bool:
     """The first weight layer's filters as RGB tiles, each scaled to its own range (sign kept by the offset)."""
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
 
     from harness.gradflow import weight_layers
 
@@ -84,8 +84,7 @@ def plot_filters(model, path: Path) -> bool:
             f = (f - f.min()) / (f.max() - f.min() + 1e-12)
             ax.imshow(f.permute(1, 2, 0).numpy(), interpolation="nearest")
     fig.suptitle(f"First-layer filters: {name} ({n} x {tuple(w.shape[1:])}), each scaled to its own range")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save(fig, path)
     return True
 
 
@@ -93,7 +92,7 @@ def plot_filters(model, path: Path) -> bool:
 def plot_feature_maps(model, images: np.ndarray, labels: np.ndarray, classes: list[str], device, path: Path) -> None:
     """Rows: test images; columns: the input, then the mean over channels of each stage's output. A stage
     that is one long Sequential (VGG's `features`) is shown at the end of each resolution inside it."""
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
 
     from harness.finetune import stages
 
@@ -125,18 +124,19 @@ def plot_feature_maps(model, images: np.ndarray, labels: np.ndarray, classes: li
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.grid(False)
     fig.suptitle("Feature maps: mean activation over channels at the end of each stage", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save(fig, path)
 
 
 def plot_confusion(counts: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
 
     k = len(classes)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = max(5.0, 0.55 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.grid(False)  # a matrix of cells, not a chart: no grid lines across it
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:  # counts in the cells stay readable up to CIFAR-10-like class counts
         for i in range(k):
@@ -148,13 +148,12 @@ def plot_confusion(counts: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"Confusion matrix ({counts.sum()} test images; colour: share of the true class)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save(fig, path)
 
 
 def plot_misclassified(images, labels, probs, classes, path: Path, count: int = 16) -> list[int]:
     """The `count` wrong predictions made with the highest confidence; returns their test indices."""
-    import matplotlib.pyplot as plt
+    plt = tables.pyplot()
 
     preds = probs.argmax(1)
     wrong = np.flatnonzero(preds != labels)
@@ -171,8 +170,7 @@ def plot_misclassified(images, labels, probs, classes, path: Path, count: int = 
         ax.set_title(f"#{i} true {classes[labels[i]]}\npred {classes[preds[i]]} {100 * probs[i, preds[i]]:.0f}%",
                      fontsize=7.5)
     fig.suptitle("Most confidently misclassified test images", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save(fig, path)
     return [int(i) for i in worst]
 
 
