@@ -144,14 +144,14 @@ def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     S.main([str(path), "launcher=wandb"])
     spec = yaml.safe_load((tmp_path / "out" / "wandb_sweep.yaml").read_text())
     assert spec["method"] == "grid"
-    assert spec["metric"] == {"name": "val/acc", "goal": "maximize"}  # validation accuracy, not the test set
+    assert spec["metric"] == {"name": "best_val_acc", "goal": "maximize"}  # validation accuracy, not the test set
     assert spec["parameters"]["model.name"] == {"values": ["simple_cnn", "lenet5"]}
     assert spec["parameters"]["train.epochs"] == {"value": 2}
     assert spec["parameters"]["run.wandb_group"] == {"value": "t"}
     assert spec["command"][-1] == "${args_no_hyphens}" and "harness.train" in " ".join(spec["command"])
     printed = capsys.readouterr()
     assert "wandb agent" in printed.out
-    # no data.val_size in this sweep: nothing logs val/acc, and the user is told so
+    # no data.val_size in this sweep: no validation accuracy exists, and the user is told so
     assert "no validation set" in printed.err and "data.val_size" in printed.err
     assert "WARNING" in (tmp_path / "out" / "wandb_sweep.yaml").read_text()
     with_val = write_sweep(tmp_path, {"overrides": {"data.val_size": 100}, "grid": {"optim.lr": [0.1]}}, "v")

@@ -44,7 +44,7 @@ Launchers:
          exit status is 1; the other runs still run.
   slurm  writes <out>/commands.txt (line i = run i) and submits launch/slurm/sweep.sbatch as job
          arrays, one `sbatch --array=...` per GPU count (array tasks share one resource request).
-  wandb  writes <out>/wandb_sweep.yaml for `wandb sweep` (metric: val/acc, maximised) and prints how to
+  wandb  writes <out>/wandb_sweep.yaml for `wandb sweep` (metric: best_val_acc, the best validation accuracy, maximised) and prints how to
          start agents.
 """
 from harness.sweep.cli import main

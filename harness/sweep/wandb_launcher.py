@@ -1,5 +1,9 @@
-"""The W&B launcher: <out>/wandb_sweep.yaml for `wandb sweep`, optimising validation accuracy (`val/acc`,
-the tracker's key, maximised), and how to start agents. (Not named wandb.py: it would shadow the library.)"""
+"""The W&B launcher: <out>/wandb_sweep.yaml for `wandb sweep`, optimising validation accuracy, and how to
+start agents. (Not named wandb.py: it would shadow the library.)
+
+The metric is `best_val_acc`, the run summary's best validation accuracy over epochs (the tracker copies
+summary.json into the W&B summary): a plain number. `val/acc` itself is summarised as {"max", "last"}
+(define_metric), a nested value a sweep cannot rank by name."""
 from __future__ import annotations
 
 import shlex
@@ -11,7 +15,7 @@ import yaml
 from harness import config as C
 from harness.sweep.spec import LAUNCH_KEYS, Run, Sweep, flatten, repo_path
 
-METRIC = {"name": "val/acc", "goal": "maximize"}
+METRIC = {"name": "best_val_acc", "goal": "maximize"}
 
 def wandb_definition(sweep: Sweep, runs: list[Run], keys: list[str]) -> dict:
     """A W&B sweep (method grid/random) whose command runs harness.train with `${args_no_hyphens}`, so
