@@ -27,8 +27,7 @@ from torch import nn
 
 from harness import config as C
 from harness.errors import UserError
-
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+from harness.optim import NORM_LAYERS
 
 
 def stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
@@ -37,7 +36,7 @@ def stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     for name, child in model.named_children():
         if not any(True for _ in child.parameters()):
             continue
-        if isinstance(child, _NORMS) and out:
+        if isinstance(child, NORM_LAYERS) and out:
             out[-1][1].append(child)
             out[-1] = (f"{out[-1][0]}+{name}", out[-1][1])
         else:

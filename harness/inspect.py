@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from harness import config as C, tables
+from harness.data.loaders import normalise
 from harness.errors import UserError
 
 
@@ -36,20 +37,10 @@ def load_test_set(run_dir: Path, data_root: str | None):
     return select_classes(ds, cfg.data.classes)
 
 
-def normalise(images: np.ndarray, device) -> torch.Tensor:
-    """uint8 NHWC -> the float NCHW the model was trained on (the loaders' mean and std)."""
-    from harness.data.loaders import CIFAR_MEAN, CIFAR_STD
-
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 @torch.no_grad()
 def predict(model, images: np.ndarray, device, batch: int = 500) -> np.ndarray:
     """Softmax probabilities (N, classes) for every image."""
-    out = [torch.softmax(model(normalise(images[i:i + batch], device)).float(), 1).cpu()
+    out = [torch.softmax(model(normalise(torch.from_numpy(images[i:i + batch]).to(device))).float(), 1).cpu()
            for i in range(0, len(images), batch)]
     return torch.cat(out).numpy()
 
@@ -103,7 +94,7 @@ def plot_feature_maps(model, images: np.ndarray, labels: np.ndarray, classes: li
         for label, m in [(f"{name}.{n}", c) for n, c in parts] or [(name, mods[-1])]:
             hooks.append(m.register_forward_hook(lambda m, a, out, label=label: calls.append((label, out.detach()))))
     try:
-        model(normalise(images, device))
+        model(normalise(torch.from_numpy(images).to(device)))
     finally:
         for h in hooks:
             h.remove()

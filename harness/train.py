@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_batch = max(1, cfg.train.eval_batch_size // world)
     eval_loaders = {name: build_loader(eval_backend, s.images, s.labels, eval_batch, train=False, **common)
                     for name, s in (("val", val_split), ("test", ds.test)) if s is not None}
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # optimiser steps per epoch
 
     # ---- model, EMA, optimiser: the raw model is kept for EMA and for saving ----------------------
     raw_model = build_model(cfg, num_classes, device, world)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = build_optimizer(raw_model, cfg.optim, peak_lr, batch_ratio(cfg))
     if whitened is not None and whitened.bias is not None and cfg.model.whiten_bias_epochs > 0:
         limit_steps(optimizer, whitened.bias,  # speed option: the whitening bias trains early only
-                    round(cfg.model.whiten_bias_epochs * math.ceil(len(train_loader) / cfg.train.grad_accum)))
+                    round(cfg.model.whiten_bias_epochs * steps_per_epoch))
     optimizer = finetune.stage_lr_groups(optimizer, raw_model, cfg.optim)  # optim.layer_lr_decay: lr_scale per stage
     freezer = finetune.Freezer(raw_model, cfg.train) if cfg.train.freeze != "none" else None
     if freezer is not None:
@@ -275,7 +276,6 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore (harness/warmup.py)
         warm_up(model, raw_model, optimizer, train_loader, accelerator, label_smoothing=cfg.train.label_smoothing)
 
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)

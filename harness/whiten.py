@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.data.loaders import CIFAR_MEAN, CIFAR_STD
+from harness.data.loaders import normalise
 from harness.errors import UserError
 
 
@@ -33,14 +33,6 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
             return m
     raise UserError(f"model.whiten=true: {type(model).__name__} has no nn.Conv2d with 3 input channels to "
                     f"whiten; set model.whiten=false for this model")
-
-
-def normalise(images_nhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC images -> float64 NCHW, normalised exactly as the loaders normalise them."""
-    x = torch.as_tensor(np.asarray(images_nhwc)).permute(0, 3, 1, 2).double()
-    mean = torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CIFAR_STD, dtype=torch.float64).view(1, 3, 1, 1) * 255
-    return (x - mean) / std
 
 
 def patch_covariance(images_nchw: torch.Tensor, kernel: tuple[int, int], chunk: int = 500) -> torch.Tensor:
@@ -79,7 +71,7 @@ def init_whitening(model: nn.Module, images_nhwc: np.ndarray | torch.Tensor, eps
     if len(images_nhwc) == 0:
         raise UserError("model.whiten=true needs training images; the training split is empty")
     kernel = tuple(conv.kernel_size)
-    cov = patch_covariance(normalise(images_nhwc[:n_images]), kernel)
+    cov = patch_covariance(normalise(images_nhwc[:n_images], torch.float64), kernel)
     w = whitening_filters(cov, conv.out_channels, kernel, conv.in_channels, eps)
     conv.weight.copy_(w.to(conv.weight.dtype))
     conv.weight.requires_grad_(False)

@@ -16,7 +16,8 @@ from harness import config as C
 from harness.lookahead import Lookahead
 from harness.models import create_model
 from harness.optim import Muon, build_optimizer, lr_at, orthogonalize, set_lr
-from harness.whiten import first_conv, init_whitening, normalise, patch_covariance
+from harness.data.loaders import normalise
+from harness.whiten import first_conv, init_whitening, patch_covariance
 from tests.conftest import FAST, make_cifar, run_harness
 
 
@@ -41,7 +42,7 @@ def test_whitened_first_conv_gives_identity_patch_covariance():
     model = create_model("airnet")
     conv = init_whitening(model, images, eps=1e-9)
     assert conv is model.whiten and not conv.weight.requires_grad  # frozen after whitening
-    patches_cov = patch_covariance(normalise(images), (2, 2))
+    patches_cov = patch_covariance(normalise(images, torch.float64), (2, 2))
     w = conv.weight.detach().double().reshape(24, -1)
     # the first 12 filters map a patch to decorrelated unit-variance coordinates: W C Wᵀ = I
     torch.testing.assert_close(w[:12] @ patches_cov @ w[:12].T, torch.eye(12, dtype=torch.float64),
@@ -56,7 +57,7 @@ def test_whitening_the_conv_output_matches_the_patch_computation():
     images = _images(64)
     model = create_model("airnet").double()
     init_whitening(model, images, eps=1e-9)
-    out = F.conv2d(normalise(images), model.whiten.weight)[:, :12]  # no bias: the linear map alone
+    out = F.conv2d(normalise(images, torch.float64), model.whiten.weight)[:, :12]  # no bias: the linear map alone
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
     torch.testing.assert_close(flat.T @ flat / len(flat), torch.eye(12, dtype=torch.float64), atol=1e-4, rtol=0)
 

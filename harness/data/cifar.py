@@ -185,7 +185,9 @@ def _load_python(root: Path, dataset: str, verify: str) -> tuple[Split, Split, l
 # ----------------------------------------------------------------------------------------------------
 
 
-def _present(root: Path, dataset: str) -> dict[str, bool]:
+def present(root: str | os.PathLike, dataset: str) -> dict[str, bool]:
+    """{'bin': every file of the binary version is under root, 'py': every file of the python version}."""
+    root = Path(root)
     py = _python_layout(dataset)
     b = BINARY[dataset]
     return {
@@ -219,10 +221,10 @@ def load_dataset(dataset: str, root: str | os.PathLike, fmt: str = "auto", verif
     if dataset not in BINARY:
         raise DataError(f"unknown dataset {dataset!r}; choose cifar10 or cifar100")
     root = Path(root)
-    present = _present(root, dataset)
+    found = present(root, dataset)
     if fmt == "auto":
-        fmt = "bin" if present["bin"] else "py" if present["py"] else ""
-    if not fmt or not present[fmt]:
+        fmt = "bin" if found["bin"] else "py" if found["py"] else ""
+    if not fmt or not found[fmt]:
         if allow_download and fmt in ("", "py"):
             download(root, dataset)
             fmt = "py"

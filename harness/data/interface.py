@@ -158,6 +158,15 @@ def pad_images(images: np.ndarray, padding: int, mode: str) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
+def normalise(images_nhwc: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 NHWC images -> NCHW in `dtype`, normalised exactly as `Loader.finish` does it (on the images'
+    device), for code that feeds a model outside a loader (inspection, the whitening statistics)."""
+    x = torch.as_tensor(np.asarray(images_nhwc) if isinstance(images_nhwc, np.ndarray) else images_nhwc)
+    mean = torch.tensor(CIFAR_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR_STD, dtype=dtype, device=x.device).view(1, 3, 1, 1) * 255
+    return (x.permute(0, 3, 1, 2).to(dtype) - mean) / std
+
+
 def batch_labels(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Labels of sample indices `idx` (on the labels' device); -1 where idx is evaluation padding."""
     return torch.where(idx >= 0, labels[idx.clamp(min=0)], -1)

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from harness.data.interface import (CIFAR_MEAN, CIFAR_STD, Augment, EpochPlan, Loader, batch_labels,
-                                    eval_indices, global_order, make_plan)
+                                    eval_indices, global_order, make_plan, normalise)
 from harness.errors import UserError
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "AUTO_BACKEND", "Augment", "EpochPlan", "Loader", "batch_labels",
-           "build_loader", "dali_available", "eval_indices", "global_order", "make_plan", "resolve_backend"]
+           "build_loader", "dali_available", "eval_indices", "global_order", "make_plan", "normalise", "resolve_backend"]
 
 # What `data.backend=auto` picks, per device type: the winner of the data bench (`python -m harness.bench
 # suite=data`, real-data training images/s with both backends) on that kind of device. No GPU
