@@ -46,7 +46,7 @@ class ModelConfig:
     name: str = "resnet18"  # a name from `python -m harness.models`, or your own: my_pkg.my_module:build, timm/<name>
     num_classes: int = 0  # 0: taken from the dataset (10 for CIFAR-10, 100 for CIFAR-100)
     init_from: str = ""  # start from these weights: a run directory, a .safetensors/.pth state dict, or torchvision ImageNet weights (keys that do not fit are re-initialised and listed)
-    whiten: bool = False  # patch-whitening init (harness/whiten.py): the first conv's filters become the eigenvectors of the training images' patch covariance / sqrt(eigenvalue + whiten_eps), and their negatives, then stay frozen (airnet's 2x2 conv is built for it)
+    whiten: bool = False  # patch-whitening init (harness/training/whiten.py): the first conv's filters become the eigenvectors of the training images' patch covariance / sqrt(eigenvalue + whiten_eps), and their negatives, then stay frozen (airnet's 2x2 conv is built for it)
     whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
     whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
     whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
@@ -138,7 +138,7 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end and on a signal)
     keep_checkpoints: int = 2
     progress: bool = True  # a progress bar with ETA on the console (rank 0)
-    wandb: bool = True  # W&B tracking through accelerate (offline unless W&B credentials are found: harness.run.wandb_mode)
+    wandb: bool = True  # W&B tracking through accelerate (offline unless W&B credentials are found: harness.run.tracker.wandb_mode)
     wandb_project: str = "harness"
     wandb_group: str = ""
 

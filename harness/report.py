@@ -138,7 +138,7 @@ def read_run(path: Path, root: Path) -> dict:
 
 def wandb_records(project: str, group: str | None) -> list[dict]:
     """Runs of a W&B project (optionally one group, e.g. a sweep) as report records."""
-    from harness.run import wandb_mode
+    from harness.run.tracker import wandb_mode
 
     hint = "The report works offline from run directories: python -m harness.report runs/ out=report/"
     if wandb_mode() != "online":
@@ -159,7 +159,7 @@ def record_from_wandb(run, project: str) -> dict:
     perf/ keys, mapped back to metrics.jsonl's names), the nested config, the run state. World size = step
     images/s over images/s per device."""
     from harness.models import model_facts
-    from harness.run import WANDB_KEYS
+    from harness.run.tracker import WANDB_KEYS
 
     cfg = dict(run.config)
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
@@ -488,7 +488,7 @@ def plot_grad_flow(groups: list[dict], path: Path) -> bool:
 
     panels = []
     for g in sorted(groups, key=lambda g: g["label"]):  # plainnet18 beside plainnet34, resnet18 ...
-        rows = read_jsonl(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # written by harness.gradflow
+        rows = read_jsonl(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # written by harness.training.gradflow
         if rows:
             panels.append((g, rows))
     if not panels:

@@ -9,6 +9,8 @@ tight bounding box.
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 DPI = 120
@@ -25,6 +27,13 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         for r in rows:
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
     tmp.replace(path)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def markdown_table(header: list[str], rows: list[list], align: str = "") -> str:

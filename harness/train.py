@@ -8,7 +8,7 @@ key with its description.
 main() reads top to bottom: config -> accelerator -> data -> model -> compile/prepare -> loop -> report.
 Accelerate owns distribution (DDP over any number of processes and nodes), mixed precision (bf16 autocast;
 fp16 with its gradient scaler) and compilation (its dynamo plugin compiles the DDP-wrapped model); the
-config and the launcher must agree on the last two (harness/precision.py). The loop itself is plain
+config and the launcher must agree on the last two (harness/training/precision.py). The loop itself is plain
 PyTorch: a pure `lr_at(step)`, `.item()` only at log intervals, evaluation outside the timed region.
 Around it, one module per job: optim.py (optimiser, schedule), ema.py, evaluate.py, checkpoint.py
 (checkpoints, the run lock, stopping on a signal), run.py (run directory, tracking); the speed recipe's
@@ -20,7 +20,6 @@ the model's own (raw) module is kept beside the DDP/compiled wrapper for EMA and
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
@@ -31,23 +30,28 @@ if __package__ in (None, ""):  # run as a script: put the repo root, not harness
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch
-import torch.nn.functional as F
 
 from harness import config as C
-from harness import finetune, gradflow  # model.init_from, train.freeze, per-stage lr; train.log_grad_norms
-from harness.checkpoint import Checkpoints, RunLock, StopRequest, resolve_resume
+from harness.training import finetune, gradflow  # model.init_from, train.freeze, per-stage lr; train.log_grad_norms
+from harness.run.checkpoints import Checkpoints, resolve_resume
+from harness.run.directory import RunLock
+from harness.run.stop import StopRequest
 from harness.console import Progress
 from harness.data.cifar import Dataset, Split, load_dataset, random_split, select_classes
 from harness.data.loaders import Augment, build_loader, resolve_backend
-from harness.ema import EMA
+from harness.training.ema import EMA
 from harness.errors import UserError
-from harness.evaluate import Interrupted, evaluate_all
-from harness.lookahead import Lookahead
-from harness.optim import batch_ratio, build_optimizer, limit_steps, lr_at, scaled_lr, set_lr
-from harness.precision import resolve_compile, resolve_precision
-from harness.run import Tracker, default_run_dir, peak_memory_mb, provenance, record_provenance, write_json
-from harness.warmup import warm_up
-from harness.whiten import init_whitening
+from harness.training.evaluate import Interrupted, evaluate_all
+from harness.training.lookahead import Lookahead
+from harness.training.optim import batch_ratio, build_optimizer, limit_steps, lr_at, scaled_lr, set_lr
+from harness.training.precision import resolve_compile, resolve_precision
+from harness.provenance import peak_memory_mb, provenance
+from harness.run.directory import default_run_dir, record_provenance
+from harness.run.tracker import Tracker
+from harness.tables import write_json
+from harness.training.step import cross_entropy, optimizer_step, train_step
+from harness.training.warmup import warm_up
+from harness.training.whiten import init_whitening
 
 
 class TrainState:
@@ -151,7 +155,7 @@ def build_model(cfg: C.Config, num_classes: int, device, world: int) -> torch.nn
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and world > 1:
-        from harness import syncbn
+        from harness.training import syncbn
 
         model = syncbn.convert(model, device.type == "cuda")
     set_seed(cfg.run.seed, device_specific=True)  # seed + process index, for every RNG accelerate knows
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         setup_s = time.perf_counter() - t0
     ema = EMA(raw_model, cfg.train.ema) if cfg.train.ema > 0 else None
     lookahead = Lookahead(raw_model, cfg.train.lookahead_every, cfg.train.lookahead_decay) \
-        if cfg.train.lookahead_every else None  # speed option: slow weights every k steps (harness/lookahead.py)
+        if cfg.train.lookahead_every else None  # speed option: slow weights every k steps (harness/training/lookahead.py)
     peak_lr = scaled_lr(cfg)
     optimizer = build_optimizer(raw_model, cfg.optim, peak_lr, batch_ratio(cfg))
     if whitened is not None and whitened.bias is not None and cfg.model.whiten_bias_epochs > 0:
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     tracker = Tracker(run_dir, accelerator, cfg)  # metrics.jsonl, and the W&B run when run.wandb
     # train.log_grad_norms: per-layer gradient norms, summed on the device, read at log intervals
     grad_norms = gradflow.GradNorms(raw_model, run_dir / "grad_norms.jsonl", main_proc) if cfg.train.log_grad_norms else None
-    if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore (harness/warmup.py)
+    if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore (harness/training/warmup.py)
         warm_up(model, raw_model, optimizer, train_loader, accelerator, label_smoothing=cfg.train.label_smoothing)
 
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -310,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         except Interrupted:
             return None
 
+    loss_fn = cross_entropy(cfg.train.label_smoothing)
     model.train()
     try:
         if state.pending_eval:  # stopped during the last evaluation: do it now, before training on
@@ -343,25 +348,17 @@ def main(argv: list[str] | None = None) -> dict:
                 group = accum_divisor(state.batch, len(train_loader), cfg.train.grad_accum)
                 sync = (state.batch + 1) % cfg.train.grad_accum == 0 or state.batch + 1 == len(train_loader)
                 # micro-batches before the last of an accumulation group skip DDP's gradient all-reduce
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        logits = model(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
-                    accelerator.backward(loss / group)  # the group's mean gradient, a short last group too
-                stats = torch.stack([loss.detach() * len(y), (logits.detach().argmax(1) == y).sum().float()])
+                stats = train_step(model, x, y, accelerator, loss_fn, divisor=group, sync=sync)
                 interval.add(stats, len(y))
                 epoch_meter.add(stats, len(y))
                 state.batch += 1
                 if not sync:
                     continue
                 lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-                set_lr(optimizer, lr, state.step, peak_lr)  # every group at lr x its lr_scale (harness/optim.py)
+                set_lr(optimizer, lr, state.step, peak_lr)  # every group at lr x its lr_scale (harness/training/optim.py)
                 if grad_norms is not None:
                     grad_norms.accumulate()  # this step's gradients (all-reduced, before clipping), on the device
-                if cfg.train.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, model, accelerator, cfg.train.grad_clip)
                 if ema is not None:
                     ema.update()
                 state.step += 1
@@ -542,10 +539,10 @@ def cli() -> None:
     def run():
         argv = sys.argv[1:]
         cfg = C.parse_args(C.Config, argv, prog="harness.train")  # --help exits here
-        if cfg.train.repeats > 1:  # N seeds around main(): harness/repeats.py
-            from harness.repeats import run_repeats
+        if cfg.train.repeats > 1:  # N seeds around main(): harness/training/repeats.py
+            from harness.training.repeats import run_repeats
 
-            return run_repeats(main, argv, cfg)
+            return run_repeats(main, argv, cfg, Path(cfg.run.dir or default_run_dir(cfg.model.name)))
         return main(argv)
 
     C.run_cli(run)

@@ -10,11 +10,13 @@ import torch.multiprocessing as mp
 
 from conftest import FAST, make_cifar, run_harness
 from harness import config as C
-from harness.checkpoint import Checkpoints, RunLock, StopRequest, weights_finite
-from harness.ema import EMA
+from harness.run.checkpoints import Checkpoints, weights_finite
+from harness.run.directory import RunLock
+from harness.run.stop import StopRequest
+from harness.training.ema import EMA
 from harness.errors import UserError
-from harness.evaluate import Interrupted, evaluate
-from harness.precision import resolve_compile, resolve_precision
+from harness.training.evaluate import Interrupted, evaluate
+from harness.training.precision import resolve_compile, resolve_precision
 from harness.train import accum_divisor, check_config
 
 GPU_BF16 = dict(cuda=True, bf16_supported=True)

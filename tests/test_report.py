@@ -93,7 +93,7 @@ def test_wandb_offline_says_so(tmp_path, monkeypatch):
 
 def test_record_from_wandb_reads_what_the_tracker_logs():
     """A stand-in for a wandb.apis.public.Run (not real data): only checks the conversion of the keys
-    harness.run.Tracker logs (`epoch/<key>`, `step/<key>`) and the nested config."""
+    harness.run.tracker.Tracker logs (`epoch/<key>`, `step/<key>`) and the nested config."""
     rows = [{"perf/images_per_s": 2000.0, "perf/images_per_s_per_device": 500.0},  # Tracker's W&B names
             {"train/epoch": 1, "test/acc": 0.5, "perf/epoch_images_per_s": 900.0, "perf/train_s": 10.0},
             {"train/epoch": 2, "test/acc": 0.7, "perf/epoch_images_per_s": 1000.0, "perf/train_s": 20.0},

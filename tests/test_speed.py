@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import config as C
-from harness.lookahead import Lookahead
+from harness.training.lookahead import Lookahead
 from harness.models import create_model
-from harness.optim import Muon, build_optimizer, lr_at, orthogonalize, set_lr
+from harness.training.optim import Muon, build_optimizer, lr_at, orthogonalize, set_lr
 from harness.data.loaders import normalise
-from harness.whiten import first_conv, init_whitening, patch_covariance
+from harness.training.whiten import first_conv, init_whitening, patch_covariance
 from tests.conftest import FAST, make_cifar, run_harness
 
 
@@ -71,7 +71,7 @@ def test_whitening_any_first_conv_and_its_errors():
 
 
 def test_whitening_bias_trains_early_only():
-    from harness.optim import limit_steps
+    from harness.training.optim import limit_steps
 
     torch.manual_seed(0)
     model = create_model("airnet")
@@ -245,7 +245,7 @@ class _Accelerator:  # the few Accelerator members evaluate() uses, for one CPU 
 
 
 def test_tta_logits_are_the_mean_over_the_views_by_hand():
-    from harness.evaluate import evaluate, tta_logits
+    from harness.training.evaluate import evaluate, tta_logits
 
     torch.manual_seed(0)
     model = create_model("simple_cnn").eval()

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from conftest import FAST, REPO, learnable_split, make_cifar, run_harness
 from harness import config as C
-from harness import finetune
+from harness.training import finetune
 from harness.data.cifar import Dataset, random_split, select_classes
-from harness.gradflow import GradNorms, norms_once, weight_layers
+from harness.training.gradflow import GradNorms, norms_once, weight_layers
 from harness.models import count_params, create_model, list_models
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_gradual_unfreezing_in_a_run_shows_in_the_gradient_norms(data, tmp_path)
 def test_freezer_keeps_what_the_optimiser_froze():
     """optim.freeze_norm_weights freezes BN scales when the optimiser is built; thawing a stage must not
     bring them back."""
-    from harness.optim import build_optimizer
+    from harness.training.optim import build_optimizer
 
     model = create_model("resnet18")
     cfg = C.load(C.Config, None, ["optim.freeze_norm_weights=true", "train.freeze=gradual",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, make_cifar, run_harness
-from harness.run import wandb_key, wandb_mode
+from harness.run.tracker import wandb_key, wandb_mode
 
 
 def wandb_records(path: Path):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from conftest import FAST, REPO, make_cifar, run_harness
 from harness import config as C
 from harness.data.cifar import DataError, load_dataset, random_split, write_binary, write_python
-from harness.optim import lr_at, scaled_lr
+from harness.training.optim import lr_at, scaled_lr
 from harness.train import check_config
 
 

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.suite != "zoo":
-        from harness.run import device_names
+        from harness.provenance import device_names
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         out = Path(cfg.out or default_out())
@@ -49,7 +49,9 @@ def zoo(cfg: BenchConfig) -> list[dict]:
     from harness.bench.peaks import device_peaks
     from harness.bench.sources import num_workers
     from harness.console import Progress
-    from harness.run import device_names, provenance, wandb_mode, write_json
+    from harness.provenance import device_names, provenance
+    from harness.run.tracker import wandb_mode
+    from harness.tables import write_json
 
     specs = sweep_specs(cfg) + ladder_specs(cfg)  # every name checked before anything runs
     # one Accelerator for topology and DDP; precision and compile vary per row, so they stay out of it.

@@ -48,7 +48,7 @@ def resolve_backends(cfg: BenchConfig, device: torch.device) -> tuple[list[str],
 def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, show_progress: bool) -> dict:
     from harness.console import Progress
     from harness.models import create_model
-    from harness.run import library_versions
+    from harness.provenance import library_versions
 
     backends, notes = resolve_backends(cfg, device)
     models = resolve_models(cfg.models, "models")

@@ -42,7 +42,7 @@ def step_times(model, optimizer, x, y, steps: int, sync) -> list[float]:
 def run(cfg: BenchConfig, device_name: str) -> dict:
     from harness.console import Progress
     from harness.models import count_params, create_model
-    from harness.run import library_versions
+    from harness.provenance import library_versions
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("suite=ddp builds its own one-process group: run it with python -m harness.bench, "

@@ -60,8 +60,8 @@ def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
     """Build the model and its data source, time it; this rank's images/s and step times."""
     from harness.config import OptimConfig
     from harness.models import create_model
-    from harness.optim import build_optimizer
-    from harness.run import peak_memory_mb
+    from harness.training.optim import build_optimizer
+    from harness.provenance import peak_memory_mb
 
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
     if device.type == "cuda":

@@ -48,7 +48,7 @@ class BenchConfig:
     out: str = ""  # results directory ("": runs/bench-<UTC time>)
     seed: int = 0
     progress: bool = True  # a progress bar (rank 0)
-    wandb: bool = True  # suite=zoo: offline unless a W&B key is configured (harness.run.wandb_mode)
+    wandb: bool = True  # suite=zoo: offline unless a W&B key is configured (harness.run.tracker.wandb_mode)
     wandb_project: str = "harness"
     data: BenchData = field(default_factory=BenchData)
 

@@ -100,7 +100,7 @@ def describe_device() -> dict:
     """The GPU (or CPU) the campaign measures, its driver and the directory slug."""
     import torch
 
-    from harness.run import device_names
+    from harness.provenance import device_names
 
     name, cuda, driver = device_names()[0], torch.cuda.is_available(), None
     if cuda:  # torch does not report the driver's version
@@ -212,7 +212,7 @@ def run_step(step: Step, rec: dict, out: Path, argv: list[str], timeout_s: float
 
 def main(argv: list[str] | None = None) -> dict:
     from harness.campaign import report
-    from harness.run import provenance
+    from harness.provenance import provenance
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(CampaignConfig, flags_to_keys(argv), prog="python -m harness.campaign", usage=USAGE)

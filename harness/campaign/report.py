@@ -360,7 +360,7 @@ def draw(out: Path, png: str, device: str) -> None:
 def write(out: Path, c: dict, plot: str | None) -> None:
     """Everything from what is on disk now. `plot`: the step that just finished (its plots are redrawn);
     None at the end, when every plot whose data exists but was never drawn is drawn."""
-    from harness.run import write_json
+    from harness.tables import write_json
 
     for png, sources in PLOTS.items():
         if (plot in sources) or (plot is None and not (out / png).exists()):

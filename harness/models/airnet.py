@@ -11,7 +11,7 @@ airbench94 network, itself descended from Page 2018 "How to train your ResNet"):
 
 Why these choices:
   * The 2x2 first layer has 2 x (3 x 2 x 2) = 24 filters: room for every eigenvector of the 12-dimensional
-    patch covariance and its negative, which is what `model.whiten=true` (harness/whiten.py) writes into
+    patch covariance and its negative, which is what `model.whiten=true` (harness/training/whiten.py) writes into
     it from the training images. Without that option it keeps PyTorch's default init and still trains.
   * Pooling right after the first conv of each block: the second conv and the BN/GELU run at a quarter of
     the pixels. Widths 64/256/256 are airbench94's: at batch 1024-2000 a 256-wide 3x3 conv fills a GPU's
@@ -23,7 +23,7 @@ Why these choices:
     ten epochs are only ~250-500 steps, so the running statistics must follow the weights quickly.
   * The head's weights start with std 1 and the logits are scaled by 1/width: the scale lives in the
     forward pass, so the optimiser's learning rates stay those of airbench's recipe.
-Attribute names (whiten, block1..3, head; norm1/norm2 inside the blocks) are what harness/optim.py's
+Attribute names (whiten, block1..3, head; norm1/norm2 inside the blocks) are what harness/training/optim.py's
 options see: norm parameters are found by module type, the head by being the last Linear.
 """
 

@@ -5,7 +5,7 @@ blocks each, global average pool, one linear layer: 696,618 parameters, 0.21 GFL
 shape: ResNet-20 (16/32/64, 0.27M) reaches ~91% with a long schedule, so doubling its width and halving its
 depth gives headroom over 85% at the short schedules of `configs/compact_resnet.yaml`, while the 128-wide
 last stage (~75% of the weights) stays under the budget; a fourth 256-wide stage would cost 2.4M alone.
-The blocks are resnet.py's `BasicBlock` (same names), so `harness.finetune` and `harness.inspect` see the
+The blocks are resnet.py's `BasicBlock` (same names), so `harness.training.finetune` and `harness.inspect` see the
 usual stages: conv1+bn1, layer1..layer3, fc.
 """
 

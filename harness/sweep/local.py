@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.run import REPO
+from harness.provenance import REPO
 from harness.sweep.spec import Run
 
 def visible_gpus() -> list[str]:

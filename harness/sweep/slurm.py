@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.run import REPO
+from harness.provenance import REPO
 from harness.sweep.spec import Run, Sweep, repo_path, train_command
 
 def array_spec(indices: list[int]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from harness import config as C
-from harness.run import REPO
+from harness.provenance import REPO
 
 # sweep keys that pick how a run is launched rather than what it trains
 LAUNCH_KEYS = {"gpus": "gpus", "launch.num_processes": "gpus", "batch_per_gpu": "batch_per_gpu", "config": "config"}

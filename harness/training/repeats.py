@@ -12,17 +12,17 @@ import os
 from pathlib import Path
 
 from harness import config as C
-from harness.run import default_run_dir, write_json
 from harness.stats import format_mean_std, summarize
+from harness.tables import write_json
 
 
-def run_repeats(main, argv: list[str], cfg: C.Config) -> dict:
-    """Call `main(argv + overrides)` cfg.train.repeats times; returns (and writes) the repeats record."""
+def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
+    """Call `main(argv + overrides)` cfg.train.repeats times, repeat k in `base`/seed-<k>; returns (and
+    writes) the repeats record."""
     n = cfg.train.repeats
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.run.dir:
         # each process would name its own run.dir from its own clock
         raise C.ConfigError("train.repeats with several processes needs run.dir=... (one directory for all)")
-    base = Path(cfg.run.dir or default_run_dir(cfg.model.name))
     runs = []
     for k in range(n):
         seed = cfg.run.seed + k

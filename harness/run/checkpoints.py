@@ -1,4 +1,4 @@
-"""Checkpoints, the run directory's lock, and stopping on a signal: what makes a run safe to kill.
+"""Checkpoints and resume: what makes a run safe to kill (the lock is run/directory.py's, signals run/stop.py's).
 
 Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE) and `latest`,
 a one-line pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
@@ -14,10 +14,8 @@ EMA) are accelerate's.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -141,86 +139,3 @@ def resolve_resume(resume: str, checkpoints: Checkpoints) -> Path | None:
                         f"Use train.resume=auto to take the latest one in run.dir, or name a "
                         f"checkpoints/step-* folder.")
     return p
-
-
-class RunLock:
-    """One training process tree per run directory: the main process holds an exclusive lock on
-    `<run dir>/.lock` for the whole run (released by the OS if the process dies), so a second job started
-    on the same run.dir (a double submission, a requeue racing its predecessor) stops before writing."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.path, self._file = run_dir / ".lock", None
-        if not enabled:
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            self._file = None
-            raise UserError(f"run.dir={run_dir} is in use by {holder}: two trainings cannot write one run "
-                            f"directory. Wait for it to end (or stop it), or choose another run.dir.") from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        self._file.flush()
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-
-class StopRequest:
-    """SIGTERM/SIGUSR1 (cluster preemption, time limit) ask for a checkpoint and a clean exit.
-
-    Every rank must stop at the same step. The flag is all-reduced every step, but without blocking: the
-    sum is started asynchronously on a small CPU (gloo) side group, and its result is read one call later,
-    by which time it has long arrived, so no step waits for a collective and no GPU work is synced. The
-    check also runs between evaluation batches, so a signal during a long evaluation is not missed (torchrun
-    gives workers a grace period after forwarding SIGTERM; see launch/slurm/train.sbatch)."""
-
-    def __init__(self, accelerator):
-        self.signum = 0
-        self.world = accelerator.num_processes
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(s, self._handle)
-        self._group = self._pending = None
-        self._flag = torch.zeros(1)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            self._group = dist.new_group(backend="gloo")  # every rank creates it, in the same order
-
-    def _handle(self, signum, frame):
-        self.signum = self.signum or signum
-
-    def poll(self) -> int:
-        """The agreed signal (0: keep going). Call at the same points on every rank."""
-        if self.world == 1:
-            return self.signum
-        import torch.distributed as dist
-
-        agreed = 0
-        if self._pending is not None:
-            self._pending.wait()  # started one call ago: already complete in practice
-            if self._flag.item() > 0:
-                agreed = self.signum or signal.SIGTERM  # a rank that saw no signal stops for the others
-        if not agreed:
-            self._flag.fill_(1.0 if self.signum else 0.0)
-            self._pending = dist.all_reduce(self._flag, group=self._group, async_op=True)
-        else:
-            self._pending = None
-        return agreed
-
-    def drain(self) -> int:
-        """Wait for the last started exchange and return its verdict (the loop's end: no later call)."""
-        if self.world == 1 or self._pending is None:
-            return self.signum if self.world == 1 else 0
-        self._pending.wait()
-        self._pending = None
-        return (self.signum or signal.SIGTERM) if self._flag.item() > 0 else 0

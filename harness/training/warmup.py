@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
+
+from harness.training.step import cross_entropy, optimizer_step, train_step
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -38,12 +39,10 @@ def warm_up(model, raw_model: torch.nn.Module, optimizer, loader, accelerator, s
     loader.load_state_dict({"epoch": 0, "batch": 0})
     taken = 0
     model.train()
+    loss_fn = cross_entropy(label_smoothing)
     for x, y in loader:
-        with accelerator.autocast():
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, x, y, accelerator, loss_fn)  # the loop's own step (harness/training/step.py)
+        optimizer_step(optimizer, model, accelerator)
         taken += 1
         if taken >= steps:
             break

@@ -27,7 +27,7 @@ from torch import nn
 
 from harness import config as C
 from harness.errors import UserError
-from harness.optim import NORM_LAYERS
+from harness.training.optim import NORM_LAYERS
 
 
 def stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
@@ -161,7 +161,7 @@ def check_config(cfg: C.Config, world: int) -> None:
 
 def stage_lr_groups(optimizer: torch.optim.Optimizer, model: nn.Module, optim: C.OptimConfig) -> torch.optim.Optimizer:
     """`optimizer` with each group split by stage, stage k below the head at lr_scale x decay^k
-    (optim.layer_lr_decay; the loop sets a group's lr to the scheduled lr x its lr_scale, harness.optim.set_lr).
+    (optim.layer_lr_decay; the loop sets a group's lr to the scheduled lr x its lr_scale, harness.training.optim.set_lr).
     With optim.weight_decay_mode=decoupled the group's weight decay is divided by the same factor, so a step
     still removes the same fraction of each weight whatever the stage's lr. decay 1: unchanged."""
     decay = optim.layer_lr_decay

@@ -7,7 +7,7 @@ helps most. After the last step the model holds the slow weights (airbench's fin
 so evaluation and the saved weights are the slow ones. Every floating tensor of the state dict takes part,
 BatchNorm's running statistics included (they belong to the weights they were measured with).
 
-Like the EMA (harness/ema.py) it works on the raw model (the one before `accelerator.prepare`): DDP keeps
+Like the EMA (harness/training/ema.py) it works on the raw model (the one before `accelerator.prepare`): DDP keeps
 the weights identical on every rank, so every rank's slow copy is identical too.
 """
 from __future__ import annotations
