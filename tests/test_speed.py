@@ -461,6 +461,32 @@ def test_speed_recipe_repeats_write_statistics(tmp_path):
     torch.testing.assert_close(w[0], w[1])
 
 
+def test_repeats_record_is_written_after_every_run(tmp_path):
+    """A job stopped during run 3 of 3 (train.py leaves with SystemExit(128 + signal) on SIGTERM) keeps
+    a valid repeats.json of the two runs it finished."""
+    from harness.training.repeats import run_repeats
+
+    seen = []
+
+    def main(argv):
+        seed = int(next(a for a in reversed(argv) if a.startswith("run.seed="))[len("run.seed="):])
+        if len(seen) == 2:
+            on_disk = json.loads((tmp_path / "repeats.json").read_text())
+            assert on_disk["n"] == 2 and on_disk["complete"] is False  # already there before run 3 starts
+            raise SystemExit(143)
+        seen.append(seed)
+        return {"test_acc": 0.9 + seed / 100, "time_s": 3.0 + seed, "device": "cpu"}
+
+    cfg = C.load(C.Config, None, ["train.repeats=3", "run.seed=5"])
+    with pytest.raises(SystemExit):
+        run_repeats(main, ["train.repeats=3"], cfg, tmp_path)
+    record = json.loads((tmp_path / "repeats.json").read_text())
+    assert seen == [5, 6] and [r["seed"] for r in record["runs"]] == [5, 6]
+    assert (record["n"], record["n_planned"], record["complete"]) == (2, 3, False)
+    assert record["test_acc"]["n"] == 2 and record["test_acc"]["mean"] == pytest.approx(0.955)
+    assert record["time_s"]["median"] == pytest.approx(8.5)
+
+
 def test_speed_recipe_under_two_process_ddp_keeps_ranks_identical(tmp_path):
     """Whitening, Muon, Lookahead and the warm-up run under DDP (gloo, 2 CPU processes): both ranks end
     with bit-identical weights (DDP swaps parameter storage: Lookahead must follow it)."""
