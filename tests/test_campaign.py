@@ -430,6 +430,7 @@ def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
     assert f"-m harness.campaign --smoke --out {out}`" in report  # the command is recorded
     assert not list(out.rglob("*.safetensors")) and not list(out.rglob("checkpoints"))  # no weights to carry
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 4 * 2**20  # one small tarball
 
 
 def test_a_resumed_campaign_keeps_what_earlier_calls_measured(tmp_path):

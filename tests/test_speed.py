@@ -265,6 +265,22 @@ def test_muon_step_equals_the_per_parameter_loop(nesterov):
     assert all(not torch.equal(p, p0) for p, p0 in zip(new.parameters(), start))  # every tensor trained
 
 
+def test_muon_falls_back_to_the_eager_iteration_when_compiling_fails():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 6, 6))
+    twin = copy.deepcopy(model)
+    broken = Muon([{"params": [model[0].weight], "orthogonalize": True}], lr=0.1, compile="no_such_backend")
+    eager = Muon([{"params": [twin[0].weight], "orthogonalize": True}], lr=0.1, compile=False)
+    x = torch.randn(4, 3, 6, 6)
+    for net in (model, twin):
+        net(x).square().mean().backward()
+    with pytest.warns(UserWarning, match="Muon: compiling the Newton-Schulz iteration failed"):
+        broken.step()
+    eager.step()
+    assert broken.compile is False and torch.equal(model[0].weight, twin[0].weight)
+
+
 def _names(model: nn.Module, params: list) -> list[str]:
     ids = {id(p): n for n, p in model.named_parameters()}
     return [ids[id(p)] for p in params]

@@ -1,6 +1,6 @@
 """What one training run is made of: precision and compile (`precision`), config checks (`checks`),
 SyncBatchNorm (`syncbn`), patch whitening (`whiten`), fine-tuning (`finetune`), the optimiser and its
-schedule (`optim`), the training step (`step`), EMA (`ema`), Lookahead (`lookahead`), the compile
+schedule (`optim`; Muon in `muon`), the training step (`step`), EMA (`ema`), Lookahead (`lookahead`), the compile
 warm-up run (`warmup`), evaluation (`evaluate`), gradient norms by depth (`gradflow`), and N seeds of one
 recipe (`repeats`).
 

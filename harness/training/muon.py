@@ -21,6 +21,7 @@ per-parameter loop it replaced; tests/test_recompile.py that nothing recompiles 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -87,10 +88,25 @@ class Muon(torch.optim.Optimizer):
         self.compile = compile
         self._sqrt_out: dict = {}  # sqrt(out_channels) of each filter group, on its device: made once
 
-    def _iteration(self, device: torch.device) -> Callable:
-        backend = {True: "inductor", False: None, "auto": "inductor" if device.type == "cuda" else None}.get(
+    def _backend(self, device: torch.device) -> str | None:
+        """The dynamo backend that compiles the iteration on `device`, None for eager."""
+        return {True: "inductor", False: None, "auto": "inductor" if device.type == "cuda" else None}.get(
             self.compile, self.compile)
-        return compiled_newton_schulz(backend) if backend else newton_schulz
+
+    def _orthogonalize(self, x: torch.Tensor) -> torch.Tensor:
+        """orthogonalize(x), compiled when asked; a compiler that fails (a backend missing from this
+        machine's torch, an inductor error) costs one warning line, not the run: the same iteration then
+        runs eager."""
+        backend = self._backend(x.device)
+        if not backend:
+            return orthogonalize(x)
+        try:
+            return orthogonalize(x, iteration=compiled_newton_schulz(backend))
+        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager iteration is the same maths
+            warnings.warn(f"Muon: compiling the Newton-Schulz iteration failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); it runs eager from here on", stacklevel=2)
+            self.compile = False
+            return orthogonalize(x)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -144,13 +160,12 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_mul_(params, (self._sqrt_out[key] / (norms + 1e-12)).unbind(0))
 
         # orthogonalise once per shape, on the stacked (B, out, fan_in) batch
-        iteration = self._iteration(params[0].device)
         by_shape: dict[torch.Size, list[int]] = {}
         for i, p in enumerate(params):
             by_shape.setdefault(p.shape, []).append(i)
         updates = [None] * len(params)
         for shape, idx in by_shape.items():
-            o = orthogonalize(torch.stack([d[i].reshape(shape[0], -1) for i in idx]), iteration=iteration)
+            o = self._orthogonalize(torch.stack([d[i].reshape(shape[0], -1) for i in idx]))
             for k, i in enumerate(idx):
                 updates[i] = o[k].view(shape)
         torch._foreach_add_(params, updates, alpha=-lr)
