@@ -1,6 +1,6 @@
 """Reports: the architecture comparison and the scaling study, from run directories (or from W&B).
 
-    python -m harness.report <runs dir> out=<dir> [wandb_project=P [wandb_group=G]]   (--out DIR etc. work too)
+    python -m harness.report RUNS_DIR out=DIR [wandb_project=P [wandb_group=G]]   (--out DIR is out=DIR)
 
 Every run directory under <runs dir> is read (a folder holding summary.json, config.yaml,
 metrics.jsonl, provenance.json or a sweep's launch.log; checkpoints/ and wandb/ are not searched).
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import yaml
 
-from harness import config as C
 from harness import tables
+from harness.cli import parse_args, run_cli
 from harness.errors import UserError
 from harness.tables import markdown_table, num, write_csv
 
@@ -616,6 +616,7 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
 
 @dataclass
 class ReportOptions:
+    runs: str = ""  # a folder of run directories, searched at any depth (the bare word on the command line)
     out: str = ""  # where report.md, the CSVs and the PNGs go (required)
     wandb_project: str = ""  # also read runs from this W&B project (ENTITY/PROJECT or PROJECT)
     wandb_group: str = ""  # only the W&B runs of this group (a sweep's name)
@@ -625,14 +626,7 @@ REPORT_USAGE = "python -m harness.report [RUNS_DIR] out=DIR [wandb_project=P [wa
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    old = {"--out": ("out", True), "--wandb-project": ("wandb_project", True), "--wandb-group": ("wandb_group", True)}
-    positional, own, extra = C.split_cli(list(sys.argv[1:] if argv is None else argv), ReportOptions, old)
-    args = C.parse_args(ReportOptions, own + extra, prog="python -m harness.report", usage=REPORT_USAGE)
-    if len(positional) > 1:
-        raise UserError(f"one folder of run directories, got {positional}; usage: {REPORT_USAGE}")
-    args.runs = positional[0] if positional else None
+    args = parse_args(ReportOptions, argv, prog="python -m harness.report", usage=REPORT_USAGE, positional="runs")
     if not args.out:
         raise UserError(f"out=DIR is required: where report.md, the CSVs and the PNGs go; usage: {REPORT_USAGE}")
     if not args.runs and not args.wandb_project:
@@ -657,4 +651,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    C.run_cli(main)
+    run_cli(main)

@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: put the repo root, not harness
 import torch
 
 from harness import config as C
+from harness.cli import parse_args, run_cli
 from harness.training import finetune, gradflow  # model.init_from, train.freeze, per-stage lr; train.log_grad_norms
 from harness.run.checkpoints import Checkpoints, resolve_resume
 from harness.run.directory import RunLock
@@ -171,7 +172,7 @@ def accum_divisor(batch: int, batches: int, grad_accum: int) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- config ------------------------------------------------------------------------------------
-    cfg = C.parse_args(C.Config, argv, prog="harness.train")
+    cfg = parse_args(C.Config, argv, prog="harness.train")
     from accelerate import Accelerator
     from accelerate.utils import TorchDynamoPlugin, broadcast_object_list
 
@@ -538,14 +539,14 @@ def _nan_error(cfg, state, lr, checkpoints) -> UserError:
 def cli() -> None:
     def run():
         argv = sys.argv[1:]
-        cfg = C.parse_args(C.Config, argv, prog="harness.train")  # --help exits here
+        cfg = parse_args(C.Config, argv, prog="harness.train")  # --help exits here
         if cfg.train.repeats > 1:  # N seeds around main(): harness/training/repeats.py
             from harness.training.repeats import run_repeats
 
             return run_repeats(main, argv, cfg, Path(cfg.run.dir or default_run_dir(cfg.model.name)))
         return main(argv)
 
-    C.run_cli(run)
+    run_cli(run)
 
 
 if __name__ == "__main__":

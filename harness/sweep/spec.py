@@ -76,7 +76,7 @@ class Run:
             return None
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if keys[4:] else "")
         return (f"{saved} was written for another config ({changes}); move that run directory away or give "
-                f"the sweep another --out")
+                f"the sweep another out=DIR")
 
 
 # ----------------------------------------------------------------------------------------------------
