@@ -86,7 +86,6 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm (0: off)
     label_smoothing: float = 0.0
     ema: float = 0.0  # EMA decay of the weights, evaluated instead of the raw weights (0: off)
-    tta_flip: bool = False  # average logits of the image and its mirror at evaluation (the same as train.tta=flip)
     tta: str = choices("none", "flip", "flip_translate", default="none")  # test-time augmentation, mean logits over views: flip: the image and its mirror; flip_translate: also both shifted one pixel up-left and down-right (reflect padding), 6 views, the unshifted pair weighing 1/2
     lookahead_every: int = 0  # Lookahead: every k optimiser steps the slow weights move toward the fast ones and the fast restart from them; the last step leaves the slow weights (0: off; airbench94: 5)
     lookahead_decay: float = 0.7738  # the slow weights' decay at the end of training, ramping as (step/total)^3 from 0 (airbench94: 0.95^5)

@@ -3,7 +3,7 @@
 Loads the run's weights (`harness.models.load_run`: EMA when present) and its test set (the run's
 config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to out:
   filters.png        the first layer's filters as an RGB grid (003/004 "visualise learned filters")
-  feature_maps.png   for a few test images, the mean activation of each stage (`harness.training.finetune.stages`)
+  feature_maps.png   for a few test images, the mean activation of each stage (`harness.training.freeze.stages`)
   confusion.png      the confusion matrix (rows: true class, share of the row; numbers: counts)
   confusion.csv      the same counts
   misclassified.png  the most confidently misclassified test images, with true and predicted class
@@ -85,7 +85,7 @@ def plot_feature_maps(model, images: np.ndarray, labels: np.ndarray, classes: li
     that is one long Sequential (VGG's `features`) is shown at the end of each resolution inside it."""
     plt = tables.pyplot()
 
-    from harness.training.finetune import stages
+    from harness.training.freeze import stages
 
     calls: list[tuple[str, torch.Tensor]] = []  # (label, output) in call order
     hooks = []
