@@ -37,6 +37,7 @@ from dataclasses import dataclass  # after the line above: it imports `inspect`,
 import torch
 
 from harness import config as C
+from harness.cli import parse_args, run_cli
 from harness.console import Progress
 from harness.data.cifar import Dataset, Split, load_dataset, random_split, select_classes
 from harness.data.loaders import Augment, build_loader, resolve_backend
