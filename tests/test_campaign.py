@@ -1,7 +1,7 @@
 """The GPU campaign (harness.campaign): the budget's decisions as pure functions, the plan of one 15-minute
 allocation on an H100 and an H200, the CLI's flags and errors, the report from partial outputs and from
 calls with different data, the commit of a copy without .git, the documented commands (parsed, and the
-call-1 command run at smoke size and stopped part-way), and one real --smoke run of every step (slow)."""
+call-1 command run at smoke size and stopped part-way), and one real smoke=true run of every step (slow)."""
 from __future__ import annotations
 
 import json
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_harness
-from harness.campaign import (CampaignConfig, command, default_out, flags_to_keys, gpu_key, main, plan_text,
-                              registered_models, slug)
+from harness.campaign import CampaignConfig, command, default_out, gpu_key, main, plan_text, registered_models, slug
 from harness.campaign.budget import Budget, Estimate, plan
 from harness.campaign.report import to_markdown
 from harness.campaign.steps import CALLS, GPUS, KILL_AFTER_S, STEPS, by_name
-from harness.config import ConfigError, parse_args
+from harness.cli import parse_args
+from harness.config import ConfigError
 from harness.errors import UserError
 
 DOC = REPO / "docs" / "benchmarks" / "campaign.md"
@@ -115,7 +115,7 @@ def test_compile_estimates_do_not_depend_on_the_gpu_and_unknown_gpus_are_slower(
 
 
 def test_plan_prints_each_call_and_steps_sets_the_order():
-    out = run_harness(["--plan", "gpu=H200"], module="harness.campaign").stdout
+    out = run_harness(["plan=true", "gpu=H200"], module="harness.campaign").stdout
     assert "Plan on H200, speed recipe n=10" in out
     assert f"`timeout -k {KILL_AFTER_S} {CALLS[1].timeout_s}`" in out and f"{CALLS[2].timeout_s}`" in out
     row = next(line for line in out.splitlines() if line.startswith("| tta-speed94 |"))
@@ -130,25 +130,26 @@ def test_plan_prints_each_call_and_steps_sets_the_order():
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 
-def test_the_issues_flags_map_onto_the_key_value_config():
-    assert flags_to_keys(["--budget-min", "5", "--out=runs/x", "--smoke", "repeats=3", "--plan"]) == [
-        "budget_min=5", "out=runs/x", "smoke=true", "repeats=3", "plan=true"]
-    with pytest.raises(ConfigError, match="unknown option --budget"):
-        flags_to_keys(["--budget", "5"])
-    with pytest.raises(ConfigError, match="--out needs a value"):
-        flags_to_keys(["--out"])
+def test_flags_are_answered_with_their_key_value_spelling():
+    """The one command line (harness/cli.py): --out DIR is out=DIR; --plan and --smoke are refused with the
+    spelling that works."""
+    assert parse_args(CampaignConfig, ["--out", "runs/x", "call=2", "plan=true"]).out == "runs/x"
+    with pytest.raises(ConfigError, match="did you mean plan=true"):
+        main(["--plan", "gpu=H200"])
+    with pytest.raises(ConfigError, match="did you mean smoke=true"):
+        main(["--smoke"])
 
 
 def test_bad_input_stops_before_anything_runs(tmp_path):
     with pytest.raises(UserError, match="budget_min=-1.0: must be positive"):
-        main(["--budget-min", "-1", "--out", str(tmp_path)])
+        main(["budget_min=-1", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="call=4: one of 1, 2, 3"):
-        main(["call=4", "--out", str(tmp_path)])
+        main(["call=4", f"out={tmp_path}"])
     with pytest.raises(UserError, match="unknown step 'zoo2'"):
-        main(["--steps", "zoo2", "--out", str(tmp_path)])
+        main(["steps=zoo2", f"out={tmp_path}"])
     (tmp_path / "campaign.json").write_text("{}")
-    proc = run_harness(["--smoke", "--out", str(tmp_path)], module="harness.campaign", check=False)
-    assert proc.returncode != 0 and "already holds a campaign (campaign.json); continue it with --resume" in proc.stderr
+    proc = run_harness(["smoke=true", "--out", str(tmp_path)], module="harness.campaign", check=False)
+    assert proc.returncode != 0 and "already holds a campaign (campaign.json); continue it with resume=true" in proc.stderr
 
 
 def test_help_speaks_to_users():
@@ -173,7 +174,7 @@ def test_models_missing_from_the_registry_are_dropped_and_named():
 
 def test_with_no_time_left_every_step_is_skipped_and_listed(tmp_path):
     # a 6-second budget is under the report's reserve: nothing runs, the report still says what and why
-    c = main(["--smoke", "--budget-min", "0.1", "--out", str(tmp_path)])
+    c = main(["smoke=true", "budget_min=0.1", f"out={tmp_path}"])
     statuses = {s["name"]: s["status"] for s in c["steps"]}
     assert statuses.pop("dali") == "skipped"  # no DALI on a GPU here: said before the time is counted
     assert set(statuses.values()) == {"skipped for time"}
@@ -185,8 +186,8 @@ def test_with_no_time_left_every_step_is_skipped_and_listed(tmp_path):
 
 
 def test_time_to_accuracy_is_not_run_on_random_images(tmp_path):
-    c = main(["--steps", "tta-speed94,tta-fast-resnet18", "--data-root", str(tmp_path / "no-data"),
-              "--out", str(tmp_path / "out")])
+    c = main(["steps=tta-speed94,tta-fast-resnet18", f"data.root={tmp_path / 'no-data'}",
+              f"out={tmp_path / 'out'}"])
     tta = [s for s in c["steps"] if s["group"] == 4]
     assert [s["status"] for s in tta] == ["skipped", "skipped"] and "no CIFAR-10 under" in tta[0]["reason"]
     assert not (tmp_path / "out" / "tta-speed94").exists()
@@ -201,28 +202,28 @@ def test_every_step_command_is_accepted_by_its_tool(step, smoke, tmp_path):
     tools check them before measuring, so a CLI change shows up here and not on a lent GPU."""
     from harness import config as C
     from harness.bench.specs import BenchConfig, check, ladder_specs, resolve_defaults, sweep_specs
+    from harness.cli import parse_known_args
 
     argv, _ = command(step, {"dir": str(tmp_path), "data_root": "data", "verify": "official", "repeats": 10}, smoke)
     assert argv[1:3] == ["-m", step.module]
     if step.module == "harness.train":
-        cfg = C.parse_args(C.Config, argv[3:])
+        cfg = parse_args(C.Config, argv[3:])
         assert cfg.run.dir == str(tmp_path) and cfg.run.wandb is False
         assert cfg.train.compile_mode == "default"  # max-autotune would cost minutes per graph
     elif step.module == "harness.sweep":
-        from harness.sweep.cli import OLD_FLAGS, SweepOptions
+        from harness.sweep.cli import SweepOptions
         from harness.sweep.spec import expand, load_sweep
 
-        paths, own, overrides = C.split_cli(argv[3:], SweepOptions, OLD_FLAGS)
-        opts = C.parse_args(SweepOptions, own)
-        runs = expand(load_sweep(paths[0], opts.out), overrides)
+        opts, overrides = parse_known_args(SweepOptions, argv[3:], positional="sweep")
+        runs = expand(load_sweep(opts.sweep, opts.out), overrides)
         assert opts.out == str(tmp_path) and len(runs) == 69
-        C.apply_overrides(C.Config(), [o for o in overrides])  # every training override is a real key
+        C.apply_overrides(C.Config(), overrides)  # every training override is a real key
     else:
         cfg = resolve_defaults(parse_args(BenchConfig, argv[3:]), "cuda")
         check(cfg)
         if cfg.suite == "zoo":
             assert sweep_specs(cfg) + ladder_specs(cfg)
-        assert cfg.out == str(tmp_path) and cfg.wandb is False
+        assert cfg.out == str(tmp_path) and cfg.run.wandb is False
 
 
 # ---- report -------------------------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def _check_call_line(line: str) -> int:
     assert sep and pack.startswith("tar czf ") and pack.endswith(" -C runs campaign")
     words = shlex.split(run.split("&& ")[-1])
     assert words[:3] == ["timeout", "-k", str(KILL_AFTER_S)] and words[4:7] == ["python3", "-m", "harness.campaign"]
-    cfg = parse_args(CampaignConfig, flags_to_keys(words[7:]))
+    cfg = parse_args(CampaignConfig, words[7:])
     assert cfg.call in CALLS and int(words[3]) == CALLS[cfg.call].timeout_s
     assert cfg.out == "runs/campaign" and cfg.resume == (cfg.call > 1)
     return cfg.call
@@ -346,7 +347,7 @@ def test_the_documented_commands_match_the_plan():
     # the user's page names no tool of this repository's own development
     for internal in ("device_stage", "../shared", "$OUT", "files_at", "device tool"):
         assert internal not in user
-    assert "python -m harness.campaign --smoke out=docs/benchmarks/cpu-smoke" in user
+    assert "python -m harness.campaign smoke=true out=docs/benchmarks/cpu-smoke" in user
 
 
 def _children(pid: int) -> list[int]:
@@ -367,7 +368,7 @@ def test_the_documented_call_stopped_part_way_still_packs_a_readable_report(tmp_
     limit) once the first step has finished. The running step is ended, the report says what finished
     and where it stopped, and the `;` still packs it."""
     line = next(x for x in _call_lines(DOC.read_text()) if "call=1" in x)
-    line = (line.replace("python3", shlex.quote(sys.executable)).replace("call=1", "call=1 --smoke")
+    line = (line.replace("python3", shlex.quote(sys.executable)).replace("call=1", "call=1 smoke=true")
             .replace("out=runs/campaign", f"out={tmp_path / 'runs' / 'campaign'}")
             .replace("-C runs campaign", f"-C {tmp_path / 'runs'} campaign")
             .replace("tar czf campaign.tgz", f"tar czf {tmp_path / 'campaign.tgz'}"))
@@ -412,7 +413,7 @@ def test_the_documented_call_stopped_part_way_still_packs_a_readable_report(tmp_
 @pytest.mark.slow
 def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
     out = tmp_path / "campaign"
-    proc = run_harness(["--smoke", "--out", str(out)], module="harness.campaign", timeout=900, check=False)
+    proc = run_harness(["smoke=true", "--out", str(out)], module="harness.campaign", timeout=900, check=False)
     c = json.loads((out / "campaign.json").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:] + "\n" + "\n".join(
         f"{s['name']}: {s['status']}\n" + (out / s["log"]).read_text()[-2000:]
@@ -428,20 +429,20 @@ def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
     assert "CPU, not a GPU measurement" in report and "skipped for time | none" in report
     for png in ("zoo_images_per_s.png", "ladder.png", "data_ratio.png", "time_to_accuracy.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
-    assert f"-m harness.campaign --smoke --out {out}`" in report  # the command is recorded
+    assert f"-m harness.campaign smoke=true --out {out}`" in report  # the command is recorded
     assert not list(out.rglob("*.safetensors")) and not list(out.rglob("checkpoints"))  # no weights to carry
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 4 * 2**20  # one small tarball
 
 
 def test_a_resumed_campaign_keeps_what_earlier_calls_measured(tmp_path):
     # a campaign is several calls into one directory
-    first = main(["--smoke", "--steps", "tta-fast-resnet18", "--out", str(tmp_path)])
+    first = main(["smoke=true", "steps=tta-fast-resnet18", f"out={tmp_path}"])
     ran = next(s for s in first["steps"] if s["name"] == "tta-fast-resnet18")
     assert ran["status"] == "ok" and (tmp_path / "tta-fast-resnet18" / "summary.json").is_file()
     assert not list((tmp_path / "tta-fast-resnet18").rglob("*.safetensors"))  # weights pruned: no figures
-    with pytest.raises(UserError, match="holds a smoke campaign; resume it with --smoke"):
-        main(["--resume", "--out", str(tmp_path)])
-    second = main(["--smoke", "--resume", "call=2", "--budget-min", "0.1", "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="holds a smoke campaign; resume it with smoke=true"):
+        main(["resume=true", f"out={tmp_path}"])
+    second = main(["smoke=true", "resume=true", "call=2", "budget_min=0.1", f"out={tmp_path}"])
     statuses = {s["name"]: s["status"] for s in second["steps"]}
     assert statuses.pop("tta-fast-resnet18") == "ok"
     assert statuses["tta-speed94"] == statuses["arch-seeds"] == "skipped for time"

@@ -88,7 +88,7 @@ def test_wandb_offline_says_so(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a W&B key
     with pytest.raises(UserError, match="W&B is offline here.*works offline from run directories"):
-        R.main(["--wandb-project", "me/harness", "--out", str(tmp_path / "r")])
+        R.main(["wandb_project=me/harness", "--out", str(tmp_path / "r")])
 
 
 def test_record_from_wandb_reads_what_the_tracker_logs():
@@ -184,5 +184,5 @@ def test_grad_flow_plot_from_grad_norms_files(tmp_path):
                 f.write(json.dumps({"step": step, "epoch": step / 10, "steps": 10,
                                     "layers": [[f"l{d}", d, 1.0 / (d + 1) / step] for d in range(5)]}) + "\n")
     out = tmp_path / "report"
-    R.main([str(tmp_path / "runs"), "--out", str(out)])
+    R.main([str(tmp_path / "runs"), f"out={out}"])
     assert (out / "grad_flow.png").is_file() and "## Gradient flow" in (out / "report.md").read_text()

@@ -1,7 +1,7 @@
 """suite=data: how fast each loader backend renders batches, and how much of a model's training speed
 survives real data compared with synthetic batches already on the device (the model's time alone).
 
-    python -m harness.bench suite=data [backends=torch,dali,synthetic] [models=...] [data.root=data]
+    python -m harness.bench suite=data [backends=torch,dali,synthetic] [model.name=...] [data.root=data]
 
 Two measurements per batch size, each timed after `warmup` untimed steps as the median of `repeats` runs
 of `steps` (harness.timing: CUDA events on a GPU, perf_counter on a CPU):
@@ -51,7 +51,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, sho
     from harness.provenance import library_versions
 
     backends, notes = resolve_backends(cfg, device)
-    models = resolve_models(cfg.models, "models")
+    models = resolve_models(cfg.model.name, "model.name")
     batch_sizes = parse_ints(cfg.batch_sizes, "batch_sizes")
     precision = precisions(cfg)
     if len(precision) != 1:
@@ -65,7 +65,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, sho
 
     def make_loader(backend: str, batch_size: int):
         return harness_loader(backend, x_all, y_all, batch_size, train=True, data=cfg.data, device=device,
-                              channels_last=cfg.channels_last, seed=cfg.seed)
+                              channels_last=cfg.channels_last, seed=cfg.run.seed)
 
     def summary(times: list[float], batch_size: int) -> dict:
         t = statistics.median(times)
@@ -84,7 +84,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, sho
             progress.update(1, row=f"loader {backend} b{batch_size}")
         for name in models:
             for backend in backends:
-                torch.manual_seed(cfg.seed)
+                torch.manual_seed(cfg.run.seed)
                 model = create_model(name, num_classes=10).to(device, memory_format=memory_format)
                 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
                 fwd = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
@@ -155,7 +155,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(cfg: BenchConfig, out: Path, device: torch.device, device_name: str) -> dict:
-    result = run(cfg, out, device, device_name, cfg.progress)
+    result = run(cfg, out, device, device_name, cfg.run.progress)
     report = to_markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_bench.json").write_text(json.dumps(result, indent=2) + "\n")

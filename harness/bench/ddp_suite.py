@@ -2,7 +2,7 @@
 DistributedDataParallel over a one-process group (no peer, so no network: what is left is DDP's own work,
 i.e. gradient hooks, copying gradients into 25 MB buckets, the all-reduce call path).
 
-    python -m harness.bench suite=ddp [models=resnet18] [batch_sizes=32] [steps=10] [repeats=3] [threads=N]
+    python -m harness.bench suite=ddp [model.name=resnet18] [batch_sizes=32] [steps=10] [repeats=3] [threads=N]
 
 Both models start from the same weights and see the same batch, in fp32. Each of `repeats` rounds times
 a block of `steps` steps of each, in alternating order (plain first in even rounds, DDP first in odd
@@ -47,9 +47,9 @@ def run(cfg: BenchConfig, device_name: str) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("suite=ddp builds its own one-process group: run it with python -m harness.bench, "
                         "not under accelerate launch / torchrun")
-    models, batch_sizes = resolve_models(cfg.models, "models"), parse_ints(cfg.batch_sizes, "batch_sizes")
+    models, batch_sizes = resolve_models(cfg.model.name, "model.name"), parse_ints(cfg.batch_sizes, "batch_sizes")
     if len(models) != 1 or len(batch_sizes) != 1:
-        raise UserError(f"suite=ddp measures one model at one batch size (models={cfg.models}, "
+        raise UserError(f"suite=ddp measures one model at one batch size (model.name={cfg.model.name}, "
                         f"batch_sizes={cfg.batch_sizes}); run it once per model")
     model_name, batch = models[0], batch_sizes[0]
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -58,7 +58,7 @@ def run(cfg: BenchConfig, device_name: str) -> dict:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.run.seed)
         plain = create_model(model_name).to(device)
         wrapped = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(plain))  # default 25 MB buckets
         opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
@@ -68,7 +68,7 @@ def run(cfg: BenchConfig, device_name: str) -> dict:
         step_times(plain, opt_plain, x, y, cfg.warmup, sync)
         step_times(wrapped, opt_ddp, x, y, cfg.warmup, sync)
         plain_t, ddp_t, ratios = [], [], []
-        progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.progress, every_s=0)
+        progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.run.progress, every_s=0)
         for r in range(cfg.repeats):
             blocks = {}
             for name in (("plain", "ddp") if r % 2 == 0 else ("ddp", "plain")):

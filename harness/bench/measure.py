@@ -66,11 +66,11 @@ def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format)
     source = batches(spec, batch_size, ctx.images, device=device, data=cfg.data, workers=num_workers(cfg.num_workers),
-                     seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+                     seed=cfg.run.seed, rank=ctx.rank, world=ctx.world)
     amp = spec.precision == "bf16"  # the bench sweeps precisions in one process, so autocast is explicit
     inject = os.environ.get(INJECT_OOM_ENV) == str(ctx.rank) and batch_size == spec.batch_size
     try:
@@ -139,7 +139,7 @@ def latency(spec: Spec, ctx: Context) -> dict:
 
     cfg, device = ctx.cfg, ctx.device
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format).eval()
     net = torch.compile(model, mode=cfg.compile_mode) if spec.compile else model
     x = torch.randn(1, 3, 32, 32, device=device).to(memory_format=memory_format)

@@ -1,9 +1,9 @@
 """The GPU campaign: every published figure, in priority order, inside a time budget.
 
-    python -m harness.campaign --plan [gpu=H200]            the plan: steps, estimates, caps, what fits
+    python -m harness.campaign plan=true [gpu=H200]          the plan: steps, estimates, caps, what fits
     python -m harness.campaign call=1 out=DIR                the first command of an allocation
-    python -m harness.campaign call=2 out=DIR --resume       the second, into the same directory
-    python -m harness.campaign --smoke                       every step at toy size on a CPU
+    python -m harness.campaign call=2 out=DIR resume=true    the second, into the same directory
+    python -m harness.campaign smoke=true                    every step at toy size on a CPU
 
 This module owns running the campaign: the steps (`steps.STEPS`, grouped into calls) run one after
 another in priority order (`steps=` sets another), each as a subprocess of the harness's own CLI
@@ -15,9 +15,9 @@ reason, when it no longer fits; a step that runs gets a hard cap, and its consol
 wrote, and SIGTERM (`timeout`) or Ctrl-C stops the running step, keeps what it wrote and writes the
 report before the campaign exits, so a call cut short still leaves a readable report.
 
---smoke runs every step at toy size on a CPU (a few minutes; what the tests run). It never reads data/:
+smoke=true runs every step at toy size on a CPU (a few minutes; what the tests run). It never reads data/:
 it writes a tiny CIFAR-10 in the official binary format to a temporary directory. At full size, the
-time-to-accuracy steps need the real CIFAR-10 under data_root and are skipped (and listed) without it;
+time-to-accuracy steps need the real CIFAR-10 under data.root and are skipped (and listed) without it;
 the benchmarks fall back to random images and say so. Output: runs/campaign-<gpu> unless out= names
 another directory (out=docs/benchmarks/<gpu> publishes). Method and budget: docs/benchmarks/campaign.md.
 """
@@ -33,21 +33,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.campaign.budget import Budget, Estimate, plan
 from harness.campaign.steps import CALLS, GPUS, KILL_AFTER_S, STEPS, Step, by_name
-from harness.config import ConfigError, parse_args
+from harness.cli import parse_args
+from harness.config import ConfigError
 from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 NO_DATA = ("no CIFAR-10 under {data_root} (time to accuracy on random images means nothing): put the "
-           "official files there, or set data_root=")
+           "official files there, or set data.root=")
 NO_DALI = "needs NVIDIA DALI on a GPU (optional: pip install -e '.[dali]'; docs/benchmarks/campaign.md, call 3)"
-USAGE = "python -m harness.campaign [--plan] [call=1|2|3] [out=DIR] [--resume] [--smoke] [key=value ...]"
+USAGE = "python -m harness.campaign [plan=true] [call=1|2|3] [out=DIR] [resume=true] [smoke=true] [key=value ...]"
 REPORT_S = 5  # kept back from the budget for the final report's plots
 STOP_GRACE_S = 4  # a stopped step's processes get this long to end on SIGTERM (steps.KILL_AFTER_S is 8)
+
+
+@dataclass
+class CampaignData:
+    root: str = "data"  # the CIFAR-10 files (the time-to-accuracy steps need them)
 
 
 @dataclass
@@ -56,43 +62,16 @@ class CampaignConfig:
     # zoo tables); 0: every step
     call: int = 0
     plan: bool = False  # print the plan (each call's steps, estimated seconds, caps, what fits) and exit
-    gpu: str = ""  # --plan for this GPU (H100, H200; another name: the H100's run times x 2); "": this machine's
+    gpu: str = ""  # plan=true for this GPU (H100, H200; another name: the H100's run times x 2); "": this machine's
     # wall-clock budget in minutes (0: the call's, from the plan: 3.5 min for call=1, 7.3 for call=2, 7.5
     # for call=3; 25 for every step)
     budget_min: float = 0.0
     out: str = ""  # output directory ("": runs/campaign-<gpu>, e.g. runs/campaign-h200; -smoke added)
     smoke: bool = False  # every step at toy size on a CPU in a few minutes, on a generated tiny CIFAR-10
     steps: str = ""  # comma list of steps to run, in this order ("": the call's steps in priority order)
-    data_root: str = "data"  # the CIFAR-10 files (the time-to-accuracy steps need them)
     repeats: int = 10  # runs of the speed recipe, for its mean ± std and 95% interval
     resume: bool = False  # continue the campaign in out (or start one): steps already ok are kept, the others run
-
-
-def flags_to_keys(argv: list[str]) -> list[str]:
-    """`--budget-min 5`, `--out=DIR`, `--smoke` -> `budget_min=5`, `out=DIR`, `smoke=true`: the issue's
-    flags on top of the key=value CLI every harness tool shares. `--help` passes through."""
-    fields = {f.name: f for f in dataclasses.fields(CampaignConfig)}
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if not a.startswith("--") or a in ("--help", "--config") or a.startswith("--config="):
-            out.append(a)
-            continue
-        name, eq, value = a[2:].partition("=")
-        key = name.replace("-", "_")
-        if key not in fields:
-            raise ConfigError(f"unknown option {a}; the options are "
-                              + ", ".join("--" + k.replace("_", "-") for k in fields) + " (see --help)")
-        if not eq:
-            if fields[key].type in (bool, "bool"):
-                value = "true"
-            elif i < len(argv):
-                value, i = argv[i], i + 1
-            else:
-                raise ConfigError(f"{a} needs a value, e.g. {a} {getattr(CampaignConfig(), key)!r}")
-        out.append(f"{key}={value}")
-    return out
+    data: CampaignData = field(default_factory=CampaignData)
 
 
 def check(cfg: CampaignConfig) -> None:
@@ -174,7 +153,7 @@ def tiny_cifar(root: Path) -> Path:
 
 
 def registered_models(value: str) -> tuple[str, list[str]]:
-    """A `models=` list with the names the registry does not hold dropped (globs kept), and the dropped."""
+    """A `model.name=` list with the names the registry does not hold dropped (globs kept), and the dropped."""
     from harness.models import list_models
 
     known = set(list_models())
@@ -191,11 +170,11 @@ def command(step: Step, ctx: dict, smoke: bool) -> tuple[list[str], str]:
     args, note = [], ""
     for a in step.args + (step.smoke if smoke else ()):
         a = a.format(**ctx)
-        if a.startswith("models=") and a != "models=":
-            kept, dropped = registered_models(a[len("models="):])
+        if a.startswith("model.name=") and a != "model.name=":
+            kept, dropped = registered_models(a[len("model.name="):])
             if dropped:
                 note = f"not in the model registry, left out: {', '.join(dropped)}"
-            a = "models=" + kept
+            a = "model.name=" + kept
         args.append(a)
     return [sys.executable, "-m", step.module, *args], note
 
@@ -339,7 +318,7 @@ def run_step(step: Step, rec: dict, out: Path, argv: list[str], timeout_s: float
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_args(CampaignConfig, flags_to_keys(argv), prog="python -m harness.campaign", usage=USAGE)
+    cfg = parse_args(CampaignConfig, argv, prog="python -m harness.campaign", usage=USAGE)
     check(cfg)
     if cfg.plan:
         device = {"gpu": False} if cfg.gpu else describe_device()
@@ -364,15 +343,15 @@ def run(cfg: CampaignConfig, argv: list[str]) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(device, cfg.smoke)
     previous = report.load(out / "campaign.json")
     if (out / "campaign.json").exists() and not cfg.resume:
-        raise UserError(f"{out} already holds a campaign (campaign.json); continue it with --resume, or choose "
-                        "another out=")
+        raise UserError(f"{out} already holds a campaign (campaign.json); continue it with resume=true, or "
+                        "choose another out=DIR")
     if previous and previous.get("smoke") != cfg.smoke:
         raise UserError(f"{out} holds a {'smoke' if previous.get('smoke') else 'full-size'} campaign; resume it "
-                        f"with{'' if previous.get('smoke') else 'out'} --smoke, or choose another out=")
+                        f"with smoke={'true' if previous.get('smoke') else 'false'}, or choose another out=DIR")
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="campaign-cifar-")) if cfg.smoke else None
-    data_root = str(tiny_cifar(tmp)) if tmp else for_steps(cfg.data_root)
+    data_root = str(tiny_cifar(tmp)) if tmp else for_steps(cfg.data.root)
     ctx = {"data_root": data_root, "verify": "structure" if cfg.smoke else "official", "repeats": cfg.repeats}
     real_data = has_cifar10(str(REPO / data_root))
     data = ("a generated tiny CIFAR-10 (256 train / 128 test random images)" if cfg.smoke

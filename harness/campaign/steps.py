@@ -52,9 +52,9 @@ ZOO_SETTINGS = "10 warm-up steps, median of 3 repeats of 30 timed steps"
 ZOO_COMPILED = ("mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true", "compile=true",
                 "latency=true")
 # inductor's CPU compile costs a minute per model on 2 cores (tests/test_bench.py covers it): eager here
-ZOO_COMPILED_SMOKE = ("models=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2", "compile=false")
+ZOO_COMPILED_SMOKE = ("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2", "compile=false")
 
-BENCH = ("out={dir}", "wandb=false", "progress=false")
+BENCH = ("out={dir}", "run.wandb=false", "run.progress=false")
 TRAIN = ("run.dir={dir}", "run.wandb=false", "run.progress=false", "data.root={data_root}",
          "data.verify={verify}")
 # default mode: max-autotune-no-cudagraphs (the recipes' choice for long runs) costs minutes per graph
@@ -81,7 +81,7 @@ class Step:
     start_s: float  # estimate: process start and set-up (any GPU)
     compile_s: float  # estimate: torch.compile, default mode, cold (any GPU: host-bound)
     run_s: dict[str, float]  # estimate: the measured work per GPU (per repeat when per_repeat)
-    smoke_s: float  # estimate: seconds at --smoke size on a 2-core CPU
+    smoke_s: float  # estimate: seconds at smoke=true size on a 2-core CPU
     smoke: tuple[str, ...] = ()
     per_repeat: bool = False  # run_s is per run of train.repeats
     needs_data: bool = False  # meaningless on random images: not run without CIFAR-10 (full size only)
@@ -132,7 +132,7 @@ CALLS = {
 STEPS = (
     # ---- call 1: no data needed ------------------------------------------------------------------------
     Step("ladder", 2, 1, "P2: resnet18 from the seeds' loop to bf16 + channels_last + compile", "harness.bench",
-         ("suite=zoo", "models=", "ladder=resnet18", "compile_mode=default", "data.root={data_root}", *BENCH),
+         ("suite=zoo", "model.name=", "ladder=resnet18", "compile_mode=default", "data.root={data_root}", *BENCH),
          ("bench.json",), start_s=11, compile_s=45 + 10,
          # 4 loader rungs of 10 + 5 x 50 steps x 128 images at ~5k images/s (the workers), ~8 s each
          # with the workers' start; the GPU-resident rungs take a second
@@ -142,18 +142,18 @@ STEPS = (
          settings="bench defaults (10 warm-up steps, median of 5 repeats of 50); the seeds' batch 128"),
     # eager: compiling 3 models x 2 backends would cost ~100 s, which call 1 does not have beside P2
     Step("data", 3, 1, "Data path: the torch loader on resident images vs synthetic", "harness.bench",
-         ("suite=data", "backends=torch,synthetic", "models=resnet18,airnet,simple_cnn", "compile=false",
+         ("suite=data", "backends=torch,synthetic", "model.name=resnet18,airnet,simple_cnn", "compile=false",
           "data.root={data_root}", *BENCH),
          ("data_bench.json",), start_s=9, compile_s=0,
          # 3 models x 2 backends x 160 steps x 512 images (resnet18 ~25k, airnet ~60k, simple_cnn ~100k
          # images/s eager), the loaders alone, cuDNN autotuning
          run_s={"H100": 20, "H200": 18}, smoke_s=12,
-         smoke=("models=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
+         smoke=("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
          settings="data suite defaults: 10 warm-up steps, median of 3 repeats of 50 steps, batch 512"),
     Step("ddp", 5, 1, "DDP overhead: one process with DDP against none", "harness.bench",
          ("suite=ddp", *BENCH),
          ("ddp_overhead.json",), start_s=11, compile_s=0, run_s={"H100": 4, "H200": 4}, smoke_s=10,
-         smoke=("models=lenet5", "batch_sizes=8", "steps=2", "warmup=1", "repeats=2"),
+         smoke=("model.name=lenet5", "batch_sizes=8", "steps=2", "warmup=1", "repeats=2"),
          # NCCL finds no interface to bind on a machine without a network: the loopback serves one process
          env={"NCCL_SOCKET_IFNAME": "lo"},
          settings="ddp suite defaults: 3 alternating rounds of plain and DDP blocks of 10 steps"),
@@ -182,24 +182,24 @@ STEPS = (
          settings="configs/sweeps/architectures.yaml: each model's seed recipe, seeds 0-2"),
     # ---- call 3: optional ----------------------------------------------------------------------------------
     Step("dali", 3, 3, "Data path: DALI vs the torch loader vs synthetic", "harness.bench",
-         ("suite=data", "backends=dali,torch,synthetic", "models=resnet18,airnet,simple_cnn", "compile=false",
+         ("suite=data", "backends=dali,torch,synthetic", "model.name=resnet18,airnet,simple_cnn", "compile=false",
           "data.root={data_root}", *BENCH),
          ("data_bench.json",), start_s=14, compile_s=0, run_s={"H100": 30, "H200": 27}, smoke_s=12,
-         needs_dali=True, smoke=("models=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
+         needs_dali=True, smoke=("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
          settings="data suite defaults: 10 warm-up steps, median of 3 repeats of 50 steps, batch 512"),
     Step("zoo", 1, 3, "Zoo throughput, eager, every model", "harness.bench",
-         ("suite=zoo", "models=*", "mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true",
+         ("suite=zoo", "model.name=*", "mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true",
           "compile=false", *ZOO, *BENCH),
          ("bench.json",), start_s=11, compile_s=0, run_s={"H100": 300, "H200": 280}, smoke_s=12,
-         smoke=("models=simple_cnn,lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2"),
+         smoke=("model.name=simple_cnn,lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2"),
          settings=f"{ZOO_SETTINGS}; batch 512 halves on OOM"),
     # the compiled subset in two halves: 3 models x (training 45 s + inference 20 s + batch-1 latency 15 s)
     Step("zoo-compiled", 1, 3, "Zoo throughput, torch.compile, with batch-1 latency (first half)", "harness.bench",
-         ("suite=zoo", f"models={COMPILED[0]}", *ZOO_COMPILED, *ZOO, *BENCH),
+         ("suite=zoo", f"model.name={COMPILED[0]}", *ZOO_COMPILED, *ZOO, *BENCH),
          ("bench.json",), start_s=11, compile_s=240, run_s={"H100": 30, "H200": 28}, smoke_s=12,
          smoke=ZOO_COMPILED_SMOKE, settings=f"{ZOO_SETTINGS}; compile time stays in the warm-up"),
     Step("zoo-compiled-2", 1, 3, "Zoo throughput, torch.compile, with batch-1 latency (second half)", "harness.bench",
-         ("suite=zoo", f"models={COMPILED[1]}", *ZOO_COMPILED, *ZOO, *BENCH),
+         ("suite=zoo", f"model.name={COMPILED[1]}", *ZOO_COMPILED, *ZOO, *BENCH),
          ("bench.json",), start_s=11, compile_s=240, run_s={"H100": 40, "H200": 37}, smoke_s=12,
          smoke=ZOO_COMPILED_SMOKE, settings=f"{ZOO_SETTINGS}; compile time stays in the warm-up"),
 )
