@@ -68,6 +68,7 @@ class DataConfig:
     drop_last: bool = True  # training: drop the samples that do not fill a last global batch; false: fill it by wrapping around the epoch's order (evaluation never drops)
     synthetic_size: int = 50000  # images per epoch for backend=synthetic
     classes: list[int] = field(default_factory=list)  # keep only these class indices, relabelled 0..k-1 in this order ([]: all)
+    test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (cifar10_pack.py unpack writes it: the 1,000 bit-exact images of the packed test set); none (or ""): off
 
 
 @dataclass
@@ -93,6 +94,7 @@ class TrainConfig:
     repeats: int = 1  # train this many seeds (run.seed, run.seed+1, ...), each in run.dir/seed-<k>, and write run.dir/repeats.json: accuracy and time, mean ± std and 95% interval
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated; 0: only the last)
     eval_batch_size: int = 1000  # global
+    eval_limit: int = 0  # evaluate on the first N test (and validation) images only, for smoke runs (0: all); recorded in the summary; refused with train.repeats > 1 or train.target_acc > 0, whose figures are the ones published
     max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
     sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (small per-GPU batches; restores the 1-GPU trajectory for BN models)
     log_grad_norms: bool = False  # per-layer gradient norms (by depth) at log intervals, to grad_norms.jsonl
