@@ -75,6 +75,7 @@ class DataConfig:
     mix_stop_epoch: int = 0  # no mixing from this (0-based) epoch on; the targets stay soft, one-hot (timm --mixup-off-epoch; 0: never stop)
     randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off)
     random_erasing: float = 0.0  # probability that a training image gets one rectangle erased to 0 after normalisation (torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3; timm --reprob; 0: off)
+    test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (cifar10_pack.py unpack writes it: the 1,000 bit-exact images of the packed test set); none (or ""): off
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
     repeats: int = 1  # train this many seeds (run.seed, run.seed+1, ...), each in run.dir/seed-<k>, and write run.dir/repeats.json: accuracy and time, mean ± std and 95% interval
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated; 0: only the last)
     eval_batch_size: int = 1000  # global
+    eval_limit: int = 0  # evaluate on the first N test (and validation) images only, for smoke runs (0: all); recorded in the summary; refused with train.repeats > 1 or train.target_acc > 0, whose figures are the ones published
     max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
     sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (small per-GPU batches; restores the 1-GPU trajectory for BN models)
     log_grad_norms: bool = False  # per-layer gradient norms (by depth) at log intervals, to grad_norms.jsonl

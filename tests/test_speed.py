@@ -452,9 +452,13 @@ def test_warmup_run_changes_nothing_but_the_clock(tmp_path):
 
 def test_speed_recipe_repeats_write_statistics(tmp_path):
     """configs/speed94.yaml at smoke size (airnet, whitening, Muon, frozen BN scales, TTA, warm-up run,
-    alternating flip, reflect padding), twice: repeats.json holds both runs and their statistics."""
+    alternating flip, reflect padding), twice, on data with a test_exact.json beside it: repeats.json holds
+    both runs and their statistics: accuracy on the whole test set and on the subset, time without and
+    with the final evaluation."""
     root = tmp_path / "data"
     make_cifar(root)
+    (root / "test_exact.json").write_text(json.dumps({"dataset": "cifar10", "split": "test",
+                                                      "indices": list(range(50))}))
     out = tmp_path / "speed"
     proc = run_harness(["--config", "configs/speed94.yaml", f"data.root={root}", "data.verify=structure",
                         "train.precision=fp32", "train.compile=false", "train.batch_size=64", "train.epochs=1",
@@ -466,7 +470,11 @@ def test_speed_recipe_repeats_write_statistics(tmp_path):
         s = _summary(out / f"seed-{k}")
         assert r["test_acc"] == s["test_acc"] and r["time_s"] == s["time_s"] > 0
         assert s["model"] == "airnet" and s["steps"] == 2
-    assert record["test_acc"]["n"] == 2
+        # airbench's clock: the final 6-view evaluation on top of training, its graph warmed up beforehand
+        assert r["time_s_with_final_eval"] == s["time_s_with_final_eval"] > s["time_s"]
+        assert r["test_subset_acc"] == s["test_subset_acc"] and r["test_subset_images"] == s["test_subset_images"] == 50
+    assert record["test_acc"]["n"] == record["test_subset_acc"]["n"] == record["time_s_with_final_eval"]["n"] == 2
+    assert record["test_subset"] == str(root / "test_exact.json") and record["test_subset_images"] == 50
     assert record["test_acc"]["mean"] == pytest.approx(sum(r["test_acc"] for r in record["runs"]) / 2)
     assert record["time_s"]["ci95_low"] <= record["time_s"]["mean"] <= record["time_s"]["ci95_high"]
     assert "repeats: test accuracy" in proc.stdout

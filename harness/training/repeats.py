@@ -16,6 +16,12 @@ from harness import config as C
 from harness.stats import format_mean_std, summarize
 from harness.tables import write_json
 
+# each run's summary.json keys kept in repeats.json (harness/run/metrics.py's schema), and those summarised
+# over the runs: the accuracy on the whole test set and on data.test_subset's images, and the time without
+# and with the final evaluation (docs/speed.md says which compares with airbench94_muon's)
+STAT_KEYS = ("test_acc", "test_subset_acc", "time_s", "time_s_with_final_eval")
+RUN_KEYS = (*STAT_KEYS, "test_subset_images", "train_s", "wall_s")
+
 
 def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
     """Call `main(argv + overrides)` cfg.train.repeats times, repeat k in `base`/seed-<k>; returns (and
@@ -30,12 +36,12 @@ def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
     for k in range(n):
         seed = cfg.run.seed + k
         s = main([*argv, "train.repeats=1", f"run.seed={seed}", f"run.dir={base / f'seed-{k}'}"])
-        runs.append({"seed": seed, "run_dir": str(base / f"seed-{k}"), "test_acc": s["test_acc"],
-                     "time_s": s.get("time_s"), "train_s": s.get("train_s"), "wall_s": s.get("wall_s")})
+        runs.append({"seed": seed, "run_dir": str(base / f"seed-{k}"), **{key: s.get(key) for key in RUN_KEYS}})
         record = {"model": cfg.model.name, "n": len(runs), "n_planned": n, "complete": len(runs) == n,
                   "argv": list(argv), "device": s.get("device"), "precision": s.get("precision"),
-                  "compile": s.get("compile"), "test_acc": summarize(r["test_acc"] for r in runs),
-                  "time_s": summarize(r["time_s"] for r in runs), "runs": runs}
+                  "compile": s.get("compile"), "test_subset": s.get("test_subset"),
+                  "test_subset_images": s.get("test_subset_images"),
+                  **{key: summarize(r[key] for r in runs) for key in STAT_KEYS}, "runs": runs}
         if PartialState().is_main_process:
             write_json(base / "repeats.json", record)  # after every run: a cut-short job keeps its record
     if PartialState().is_main_process:
