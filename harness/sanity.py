@@ -42,7 +42,7 @@ class Flag:
 
 
 def _g(x: float) -> str:
-    return f"{x:,.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
 def efficiency(value: float | None) -> Flag | None:
