@@ -215,7 +215,7 @@ def tta_section(out: Path) -> list[str]:
     if rep:
         acc, t = speed_runs(rep)
         lines += [f"Speed recipe (configs/speed94.yaml): test accuracy {format_mean_std(acc, 100, 2, '%')}; "
-                  f"time {format_median(t, '.1f', ' s')} (median, n and spread; mean {format_mean_std(t, 1, 1, ' s')})"
+                  f"time {format_median(t, '.2f', ' s')} (the median run, n and spread)"
                   + (f". Flagged: {sanity.text(speed_flags(acc, t))}" if speed_flags(acc, t) else "") + "."]
     one = load(out / "tta-fast-resnet18" / "summary.json")
     if one:
@@ -367,7 +367,7 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
                     (b.get_x() + b.get_width() / 2, top), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(ok)), labels, rotation=20, ha="right", fontsize=8)
     tables.label(ax, y="training images/s (whiskers: spread)")
-    return _save(fig, ax, path, f"Ladder on {device}: speed-up over the seeds' loop")
+    return _save(fig, ax, path, f"Ladder on {device}: speed-up over seed 001's loop")
 
 
 def plot_data(rows: list[dict], path: Path, device: str) -> bool:
