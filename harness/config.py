@@ -7,20 +7,14 @@ A run's config is built in three layers, later wins:
 Unknown keys, wrong types and values outside a field's `choices` raise `ConfigError` naming the key and
 what is allowed. The resolved config serialises back to YAML and is saved in every run directory.
 
-The same machinery (`parse_args`, `from_dict`, `apply_overrides`) serves every entry point: training
-(`Config`), the benchmark and the sweep runner build their own dataclasses on it.
+This module owns what a config is and how its values load (`from_dict`, `load`, `apply_overrides`); every
+tool's dataclass (the benchmark's, the sweep's, ...) is built on it. Reading a command line into one is
+harness/cli.py's job: a YAML recipe or a sweep's overrides are config without a command line.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import functools
-import inspect
-import io
-import sys
-import textwrap
-import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,7 +86,6 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm (0: off)
     label_smoothing: float = 0.0
     ema: float = 0.0  # EMA decay of the weights, evaluated instead of the raw weights (0: off)
-    tta_flip: bool = False  # average logits of the image and its mirror at evaluation (the same as train.tta=flip)
     tta: str = choices("none", "flip", "flip_translate", default="none")  # test-time augmentation, mean logits over views: flip: the image and its mirror; flip_translate: also both shifted one pixel up-left and down-right (reflect padding), 6 views, the unshifted pair weighing 1/2
     lookahead_every: int = 0  # Lookahead: every k optimiser steps the slow weights move toward the fast ones and the fast restart from them; the last step leaves the slow weights (0: off; airbench94: 5)
     lookahead_decay: float = 0.7738  # the slow weights' decay at the end of training, ramping as (step/total)^3 from 0 (airbench94: 0.95^5)
@@ -160,6 +153,11 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def value_text(value) -> str:
+    """A value as it is typed on the command line (YAML flow style): 0.1, true, '', [0.9, 0.999]."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
 def _coerce(value: Any, tp, key: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`. Ints are accepted for floats;
     nothing else is converted (a string "5" for an int is an error, so typos do not pass silently)."""
@@ -210,11 +208,55 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {tp}")  # a programming error, not a user one
 
 
-def _unknown_key(key: str, allowed: list[str]) -> ConfigError:
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, allowed, n=3)
+def _unknown_key(key: str, allowed: list[str], close: list[str] | None = None) -> ConfigError:
+    """`close`: the keys it most likely meant (`close_keys`); by default the closest names at its level."""
+    if close is None:
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key '{key}'.{hint} Allowed here: {', '.join(sorted(allowed))}")
+
+
+def leaf_keys(obj, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} for every value of a dataclass instance, nested sections included."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(leaf_keys(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def close_keys(obj, name: str, n: int = 3) -> list[str]:
+    """The keys of `obj` (a dataclass instance) that `name` most likely meant, best first:
+    another spelling of a key (`data-root`, `data_root` -> data.root; `budget-min` -> budget_min), a section
+    or its plural for its `name` (`model`, `models` -> model.name), a key's last part (`epochs` ->
+    train.epochs), else the closest by spelling (`optim.lrr` -> optim.lr)."""
+    keys = leaf_keys(obj)
+    name = name.lstrip("-")
+    underscored = name.replace("-", "_")
+    dotted = name.replace("-", ".")
+    forms = list(dict.fromkeys([name, underscored, dotted, dotted.replace("_", ".")]))
+    for form in forms:
+        if form in keys:
+            return [form]
+    for form in forms:
+        for section in (form, form.removesuffix("s")):
+            if f"{section}.name" in keys:
+                return [f"{section}.name"]
+    by_leaf = [k for k in keys if any(k.endswith("." + form) for form in forms)]
+    if by_leaf:
+        return by_leaf[:n]
+    # by spelling, 0.75: a letter or two off (epocs, lrr) matches, a different word does not (out is not
+    # cutout, 0.67); within a section its own keys only (train.epocs is not train.repeats, 0.75 as a whole)
+    section, _, leaf = underscored.rpartition(".")
+    inside = [k.rpartition(".")[2] for k in keys if section and k.rpartition(".")[0] == section]
+    if inside:
+        return [f"{section}.{m}" for m in difflib.get_close_matches(leaf, inside, n, 0.75)]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in reversed(list(keys))}  # the first key of a leaf name wins
+    return difflib.get_close_matches(underscored, list(keys), n, 0.75) or [
+        leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n, 0.75)]
 
 
 def _set_field(obj, f: dataclasses.Field, value: Any, key: str) -> None:
@@ -228,7 +270,7 @@ def _set_field(obj, f: dataclasses.Field, value: Any, key: str) -> None:
     value = _coerce(value, tp, key)
     allowed = f.metadata.get("choices")
     if allowed and value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(_value_text, allowed))}")
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(value_text, allowed))}")
     setattr(obj, f.name, value)
 
 
@@ -283,22 +325,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(cfg, overrides: list[str]):
     """Apply dotted `key=value` overrides in order; each key must name an existing field."""
     for text in overrides:
-        key, value = parse_override(text)
-        obj, parts = cfg, key.split(".")
-        for i, part in enumerate(parts):
-            fields = {f.name: f for f in dataclasses.fields(obj)}
-            here = ".".join(parts[: i + 1])
-            if part not in fields:
-                raise _unknown_key(here, list(fields))
-            f = fields[part]
-            if i == len(parts) - 1:
-                if dataclasses.is_dataclass(getattr(obj, part)) and not isinstance(value, dict):
-                    raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.<key>=...")
-                _set_field(obj, f, value, here)
-            else:
-                obj = getattr(obj, part)
-                if not dataclasses.is_dataclass(obj):
-                    raise ConfigError(f"{here} is a value, not a section; use {here}=...")
+        set_value(cfg, *parse_override(text))
+    return cfg
+
+
+def set_value(cfg, key: str, value: Any):
+    """Set the dotted `key` of `cfg` to `value`, checked against the field's type and choices."""
+    obj, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        here = ".".join(parts[: i + 1])
+        if part not in fields:
+            raise _unknown_key(here, list(fields), close_keys(cfg, key))
+        f = fields[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)) and not isinstance(value, dict):
+                raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.<key>=...")
+            _set_field(obj, f, value, here)
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{here} is a value, not a section; use {here}=...")
     return cfg
 
 
@@ -323,142 +370,3 @@ def load(cls, path: str | Path | None = None, overrides: list[str] | None = None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return apply_overrides(cfg, overrides or [])
-
-
-@functools.lru_cache(maxsize=None)
-def field_descriptions(cls) -> dict[str, str]:
-    """{field name: description} read from the class's source: the `# comment` at the end of the field's
-    line (any line of a field written over several), else the comment lines right above the field. The
-    comment beside a field is its one description, for the reader of config.py and for `--help` alike.
-    Read once per class; a class without source (built at runtime) has no descriptions."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    comments, own_line = {}, set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-            if not tok.line[: tok.start[1]].strip():
-                own_line.add(tok.start[0])
-    out = {}
-    for node in ast.parse(source).body[0].body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        lines = range(node.lineno, node.end_lineno + 1)
-        text = " ".join(comments[n] for n in lines if n in comments and n not in own_line)
-        if not text:
-            above, n = [], node.lineno - 1
-            while n in own_line:
-                above.insert(0, comments[n])
-                n -= 1
-            text = " ".join(above)
-        if text:
-            out[node.target.id] = text
-    return out
-
-
-def _type_text(tp) -> str:
-    """`list[float]`, `dict[str, Any]`, `int | None`: the type as written in the dataclass."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " | ".join("None" if a is type(None) else _type_text(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is not None and typing.get_args(tp):
-        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_text(a) for a in typing.get_args(tp))}]"
-    return _type_name(tp)
-
-
-def _value_text(value) -> str:
-    """A value as it is typed on the command line (YAML flow style): 0.1, true, '', [0.9, 0.999]."""
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
-
-
-def help_text(cls, prog: str = "harness", usage: str | None = None) -> str:
-    """Every key of `cls` (nested sections included): `key=default`, its type and choices, and its
-    description (the field's comment in the source)."""
-    lines = [f"usage: {usage or f'{prog} [--config FILE.yaml] [key=value ...]'}", "",
-             "Later wins: defaults, then the --config file, then key=value overrides (values are YAML: "
-             "0.1, true, [1, 2]).", ""]
-
-    def walk(obj, prefix: str) -> None:
-        hints, notes = typing.get_type_hints(type(obj)), field_descriptions(type(obj))
-        for f in dataclasses.fields(obj):
-            key, value = f"{prefix}{f.name}", getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                lines.extend([""] * bool(lines[-1]) + [f"{key}:" + (f"  # {notes[f.name]}" if f.name in notes else "")])
-                walk(value, key + ".")
-                continue
-            kind = _type_text(hints[f.name])
-            if f.metadata.get("choices"):
-                kind += ": " + " | ".join(_value_text(c) for c in f.metadata["choices"])
-            lines.append(f"  {key}={_value_text(value)}".ljust(36) + f" ({kind})")
-            if f.name in notes:
-                lines.extend(textwrap.wrap(notes[f.name], 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
-
-    walk(cls(), "")
-    return "\n".join(lines) + "\n"
-
-
-def parse_args(cls, argv: list[str] | None = None, prog: str = "harness", usage: str | None = None):
-    """`[--config FILE] [key=value ...]` -> a checked `cls` instance. `--help` prints every key with its
-    type, default, choices and description (`help_text`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text(cls, prog, usage), end="")
-        raise SystemExit(0)
-    path = None
-    overrides = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a file, e.g. --config configs/resnet18.yaml")
-            path = argv[i + 1]
-            i += 2
-            continue
-        if a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        elif a.startswith("-"):
-            raise ConfigError(f"unknown option {a}; use --config FILE and key=value overrides (see --help)")
-        else:
-            overrides.append(a)
-        i += 1
-    return load(cls, path, overrides)
-
-
-def split_cli(argv: list[str], cls, old_flags: dict[str, tuple[str, bool]] | None = None):
-    """For tools with positional arguments beside their options (a sweep file, a runs folder): (positional
-    words, key=value for `cls`'s own keys, every other key=value). `old_flags` maps a former argparse flag
-    to (key, takes a value), so `--out DIR` still means `out=DIR`; -h/--help go with the tool's keys."""
-    own_keys = {f.name for f in dataclasses.fields(cls)}
-    positional, own, other = [], [], []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        flag, eq, value = a.partition("=")
-        if old_flags and flag in old_flags:
-            key, takes = old_flags[flag]
-            if takes and not eq:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"{flag} needs a value; write {key}=... instead")
-                value, i = argv[i + 1], i + 1
-            own.append(f"{key}={value if takes else 'true'}")
-        elif a in ("-h", "--help"):
-            own.append(a)
-        elif a.startswith("-"):
-            raise ConfigError(f"unknown option {a}; options are key=value (see --help)")
-        elif "=" in a:
-            (own if flag in own_keys else other).append(a)
-        else:
-            positional.append(a)
-        i += 1
-    return positional, own, other
-
-
-def run_cli(main):
-    """Run an entry point's `main()`, turning user mistakes into one clear line and a non-zero exit."""
-    try:
-        return main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None

@@ -1,9 +1,9 @@
-"""Look inside a trained run: `python -m harness.inspect RUN_DIR out=DIR [data_root=D] [images=4]`.
+"""Look inside a trained run: `python -m harness.inspect RUN_DIR out=DIR [data.root=D] [images=4]`.
 
 Loads the run's weights (`harness.models.load_run`: EMA when present) and its test set (the run's
 config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to out:
   filters.png        the first layer's filters as an RGB grid (003/004 "visualise learned filters")
-  feature_maps.png   for a few test images, the mean activation of each stage (`harness.training.finetune.stages`)
+  feature_maps.png   for a few test images, the mean activation of each stage (`harness.training.freeze.stages`)
   confusion.png      the confusion matrix (rows: true class, share of the row; numbers: counts)
   confusion.csv      the same counts
   misclassified.png  the most confidently misclassified test images, with true and predicted class
@@ -13,8 +13,7 @@ Runs on the CPU unless CUDA is available; a CIFAR test set takes seconds to a mi
 from __future__ import annotations
 
 import csv
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import yaml
 
 from harness import config as C, tables
+from harness.cli import parse_args, run_cli
 from harness.data.loaders import normalise
 from harness.errors import UserError
 
@@ -85,7 +85,7 @@ def plot_feature_maps(model, images: np.ndarray, labels: np.ndarray, classes: li
     that is one long Sequential (VGG's `features`) is shown at the end of each resolution inside it."""
     plt = tables.pyplot()
 
-    from harness.training.finetune import stages
+    from harness.training.freeze import stages
 
     calls: list[tuple[str, torch.Tensor]] = []  # (label, output) in call order
     hooks = []
@@ -183,7 +183,7 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
     probs = predict(model, images, device)
     if probs.shape[1] != ds.num_classes:
         raise UserError(f"the run's model has {probs.shape[1]} outputs but its test set {ds.num_classes} classes; "
-                        f"is --data-root the data it trained on?")
+                        f"is data.root the data it trained on?")
     preds = probs.argmax(1)
     counts = confusion_matrix(labels, preds, ds.num_classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,31 +216,33 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
 
 
 @dataclass
+class InspectData:
+    root: str = ""  # the data directory ("": the run's own data.root)
+
+
+@dataclass
 class InspectOptions:
+    run: str = ""  # the finished run directory to inspect (required; the bare word on the command line)
     out: str = ""  # where the PNGs, confusion.csv and inspect.md go (required)
-    data_root: str = ""  # the data directory, if not the run's data.root
     images: int = 4  # test images in the feature-map figure
+    data: InspectData = field(default_factory=InspectData)
 
 
-USAGE = "python -m harness.inspect RUN_DIR out=DIR [data_root=D] [images=4]"
+USAGE = "python -m harness.inspect RUN_DIR out=DIR [data.root=D] [images=4]"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The same key=value convention as every other entry point; the run directory is positional and the
-    former flags (--out, --data-root, --images) still work."""
-    old = {"--out": ("out", True), "--data-root": ("data_root", True), "--images": ("images", True)}
-    positional, own, extra = C.split_cli(list(sys.argv[1:] if argv is None else argv), InspectOptions, old)
-    args = C.parse_args(InspectOptions, own + extra, prog="python -m harness.inspect", usage=USAGE)
-    if len(positional) != 1:
-        raise UserError(f"name one finished run directory, got {positional or 'none'}; usage: {USAGE}")
+    args = parse_args(InspectOptions, argv, prog="python -m harness.inspect", usage=USAGE, positional="run")
+    if not args.run:
+        raise UserError(f"name one finished run directory; usage: {USAGE}")
     if not args.out:
         raise UserError(f"out=DIR is required: where the PNGs and inspect.md go; usage: {USAGE}")
     if args.images < 1:
         raise C.ConfigError(f"images={args.images}: at least 1 test image for the feature maps")
-    result = inspect_run(Path(positional[0]), Path(args.out), args.data_root or None, args.images)
+    result = inspect_run(Path(args.run), Path(args.out), args.data.root or None, args.images)
     print(f"{Path(args.out) / 'inspect.md'}: test accuracy {100 * result['test_acc']:.2f}%, "
           f"{len(result['misclassified'])} misclassified shown")
 
 
 if __name__ == "__main__":
-    C.run_cli(main)
+    run_cli(main)

@@ -1,6 +1,6 @@
 """Reports: the architecture comparison and the scaling study, from run directories (or from W&B).
 
-    python -m harness.report <runs dir> out=<dir> [wandb_project=P [wandb_group=G]]   (--out DIR etc. work too)
+    python -m harness.report RUNS_DIR out=DIR [wandb_project=P [wandb_group=G]]   (--out DIR is out=DIR)
 
 Every run directory under <runs dir> is read (a folder holding summary.json, config.yaml,
 metrics.jsonl, provenance.json or a sweep's launch.log; checkpoints/ and wandb/ are not searched).
@@ -24,12 +24,13 @@ The seeds' summary table, done right: "final" is the last evaluated epoch; "best
 accuracy over epochs, which is chosen on the test set and therefore optimistic (it is labelled so);
 "test @ best val" is the honest pick (needs data.val_size > 0). Time is training time (evaluation
 excluded, as harness.train measures it) beside wall time; images/s is the run's median epoch rate
-after the first (compilation) epoch, with n and its spread over those epochs. Scaling efficiency against
-linear = (ips_N / N) / (ips_1 / 1), each ips the median of the epoch rates of every run at that N.
-Rankings use validation accuracy (best_val_acc), never test; repeats are summarised by harness.stats
-(accuracy intervals inside [0, 1], none from fewer than 3 runs). Every figure passes harness.sanity
-first: an efficiency above 105%, a spread wider than half its median, or a scaling group whose runs had
-different threads per process or launchers is flagged in the table, in the console and in the plot.
+after the first (compilation) epoch (harness.run.metrics.throughput, the one definition), with n and its
+spread over those epochs. Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1), each ips the
+median of the epoch rates of every run at that N. Rankings use validation accuracy (best_val_acc), never
+test; repeats are summarised by harness.stats (accuracy intervals inside [0, 1], none from fewer than 3
+runs). Every figure passes harness.sanity first: an efficiency above 105%, a spread wider than half its
+median, a scaling pair measured with one run each (no spread to judge it by), or a scaling group whose runs
+had different threads per process or launchers is flagged in the table, in the console and in the plot.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ from pathlib import Path
 
 import yaml
 
-from harness import config as C
 from harness import sanity, tables
+from harness.cli import parse_args, run_cli
 from harness.errors import UserError
 from harness.stats import ACCURACY, format_median, summarize
 from harness.tables import markdown_table, num, write_csv
@@ -101,30 +102,25 @@ def curve_facts(epochs: list[dict]) -> dict:
 
 
 def epoch_rates(epochs: list[dict]) -> list[float]:
-    """The images/s of each epoch after the first (which holds compilation and autotuning), as the
-    summary's median; the first alone when the run had one epoch."""
+    """The epoch rates a run's images/s is the median of (harness.run.metrics.throughput: after the first,
+    compilation, epoch; the first alone when the run had one): the samples its n and spread come from."""
     rates = [r["images_per_s"] for r in epochs if r.get("images_per_s")]
     return rates[1:] or rates
 
 
 def run_rates(r: dict) -> list[float]:
-    """A record's throughput samples: its epoch rates, else (a W&B record) its one images/s."""
+    """A record's throughput samples: its epoch rates, else its one images/s."""
     return r.get("epoch_rates") or ([r["images_per_s"]] if r.get("images_per_s") else [])
 
 
-def read_run(path: Path, root: Path) -> dict:
-    summary = _json(path / "summary.json")
-    prov = _json(path / "provenance.json")
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    except yaml.YAMLError:
-        cfg = {}
-    cfg = cfg or {}
-    epochs = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") == "epoch"]
+def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[dict], prov: dict | None = None) -> dict:
+    """One run as the tables see it, from its summary (summary.json's keys, harness.run.metrics.SUMMARY_KEYS),
+    its config and its epoch rows, whichever source they were read from (its directory or W&B). `status` is
+    the reader's to set."""
+    prov = prov or {}
     curve = curve_facts(epochs)
-    rel = path.relative_to(root).as_posix() if path != root else path.name
     rec = {
-        "name": rel, "source": str(path), "status": "complete" if summary else "incomplete",
+        "name": name, "source": source, "status": "complete" if summary else "incomplete",
         "model": summary.get("model") or cfg.get("model", {}).get("name"),
         "dataset": summary.get("dataset") or cfg.get("data", {}).get("dataset"),
         "params": summary.get("params"), "gflops": summary.get("gflops"),
@@ -149,12 +145,24 @@ def read_run(path: Path, root: Path) -> dict:
     }
     if summary and rec["best_test_acc"] is None:
         rec["best_test_acc"] = rec["final_test_acc"]
+    return rec
+
+
+def read_run(path: Path, root: Path) -> dict:
+    summary = _json(path / "summary.json")
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    except yaml.YAMLError:
+        cfg = {}
+    epochs = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") == "epoch"]
+    rel = path.relative_to(root).as_posix() if path != root else path.name
+    rec = run_record(rel, str(path), summary, cfg or {}, epochs, _json(path / "provenance.json"))
     if not summary:
         latest = path / "checkpoints" / "latest"
         resume = (f"checkpoint {latest.read_text().strip()}: continue with train.resume=auto run.dir={path}"
                   if latest.is_file() else "no checkpoint")
         planned = rec["epochs_planned"] or "?"
-        rec["status"] = f"incomplete (crashed, stopped or running): {curve['epochs_done']}/{planned} epochs, {resume}"
+        rec["status"] = f"incomplete (crashed, stopped or running): {rec['epochs_done']}/{planned} epochs, {resume}"
     return rec
 
 
@@ -177,46 +185,41 @@ def wandb_records(project: str, group: str | None) -> list[dict]:
 
 
 def record_from_wandb(run, project: str) -> dict:
-    """The same record as read_run, from what harness.train logs to W&B (Tracker's train/, val/, test/ and
-    perf/ keys, mapped back to metrics.jsonl's names), the nested config, the run state. World size = step
-    images/s over images/s per device."""
+    """The same record as read_run, from what harness.train logs to W&B: the run summary (it holds every
+    summary.json key under the same name), the nested config, and the epoch rows mapped back to
+    metrics.jsonl's names through harness.run.metrics. A run whose W&B summary lacks a key (one that
+    crashed or is still running) gets it from its history where it can: world size = step images/s over
+    images/s per device, images/s = the schema's median epoch rate, training time = the last epoch row's."""
     from harness.models import model_facts
-    from harness.run.tracker import WANDB_KEYS
+    from harness.run import metrics
 
     cfg = dict(run.config)
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
     rows = list(run.scan_history())
-    epoch_names = {w: k for k, w in WANDB_KEYS["epoch"].items()}
-    epochs = [{epoch_names[k]: v for k, v in r.items() if k in epoch_names} for r in rows
-              if r.get("test/acc") is not None]
-    steps = [{"images_per_s": r["perf/images_per_s"], "images_per_s_per_device": r["perf/images_per_s_per_device"]}
-             for r in rows if r.get("perf/images_per_s_per_device")]
-    curve = curve_facts(epochs)
+    epochs = [metrics.from_wandb("epoch", r) for r in rows if r.get("test/acc") is not None]
+    steps = [metrics.from_wandb("step", r) for r in rows if r.get("perf/images_per_s_per_device")]
     model = section("model").get("name")
     dataset = section("data").get("dataset", "cifar10")
     facts = model_facts(model, 100 if dataset == "cifar100" else 10) if model else {}
     world = round(steps[-1]["images_per_s"] / steps[-1]["images_per_s_per_device"]) if steps else None
-    rates = [e["images_per_s"] for e in epochs if e.get("images_per_s")]
-    rates = rates[1:] or rates  # epoch 1 holds compilation, as in summary.json
-    ips = statistics.median(rates) if rates else None
+    ips = metrics.throughput([e["images_per_s"] for e in epochs if e.get("images_per_s")])
     target = section("train").get("target_acc") or None
     hit = next((e for e in epochs if target and (e.get("val_acc", e["test_acc"]) >= target)), None)
     done = run.state == "finished"
-    return {
-        "name": run.name, "source": f"wandb:{project}/{run.id}",
-        "status": "complete" if done else f"incomplete (W&B state {run.state}): {curve['epochs_done']} epochs",
-        "model": model, "dataset": dataset, "params": facts.get("params"), "gflops": facts.get("gflops"),
-        "world_size": world, "global_batch": section("train").get("batch_size"),
-        "final_test_acc": curve["last_test_acc"] if done else None, "test_acc_at_best_val": None,
+    from_history = {
+        "params": facts.get("params"), "gflops": facts.get("gflops"), "world_size": world,
+        "global_batch": section("train").get("batch_size"),
+        "test_acc": epochs[-1]["test_acc"] if done and epochs else None,
         "best_val_acc": max((e["val_acc"] for e in epochs if e.get("val_acc") is not None), default=None),
-        "epochs_planned": section("train").get("epochs"),
         "train_s": epochs[-1].get("train_s") if epochs else None, "wall_s": run.summary.get("_runtime"),
-        "images_per_s": ips, "images_per_s_per_device": ips / world if ips and world else None,
+        "train_images_per_s": ips, "train_images_per_s_per_device": ips / world if ips and world else None,
         "target_acc": target, "time_to_target_s": hit.get("train_s") if hit else None,
-        "precision": section("train").get("precision"), "compile": section("train").get("compile"),
-        "device": None, **curve,
-        "config": cfg, "seed": section("run").get("seed"), "latency_ms": None,  # seed groups, as read_run
+        "compile": section("train").get("compile"),
     }
+    summary = {**from_history, **{k: run.summary.get(k) for k in metrics.SUMMARY_KEYS if k in run.summary}}
+    rec = run_record(run.name, f"wandb:{project}/{run.id}", summary, cfg, epochs)
+    rec["status"] = "complete" if done else f"incomplete (W&B state {run.state}): {rec['epochs_done']} epochs"
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,6 +277,7 @@ def scaling_rows(records: list[dict]) -> list[dict]:
             efficiency = (ips / n) / (base["median"] / base_n)
             flags = sanity.collect(
                 sanity.efficiency(efficiency), sanity.unstable(s, " images/s"),
+                sanity.single({f"{base_n} proc": base["n"], f"{n} proc": s["n"]}, "efficiency") if n != base_n else None,
                 sanity.unlike("threads per process", {f"{base_n} proc": setting(base_n, "threads"),
                                                       f"{n} proc": setting(n, "threads")}),
                 sanity.unlike("launcher", {f"{base_n} proc": setting(base_n, "launcher"),
@@ -666,7 +670,8 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
                "batch per process, precision and device; images/s at one N is the median of the epoch rates (after "
                "the first) of every run at that N, with n and the spread (min–max, p10–p90 from 10). Flags "
                "(harness.sanity): efficiency above 105% is impossible for N processes sharing nothing; threads per "
-               "process and launcher must match the baseline's; a spread wider than half the median is unstable. "
+               "process and launcher must match the baseline's; a spread wider than half the median is unstable; "
+               "an efficiency from one epoch rate on a side cannot be told from noise (run more epochs). "
                "A flagged point is drawn hollow, grey, with an x.\n",
                "![scaling](scaling.png)\n"]
     elif len({r["world_size"] for r in complete}) > 1:
@@ -695,6 +700,7 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
 
 @dataclass
 class ReportOptions:
+    runs: str = ""  # a folder of run directories, searched at any depth (the bare word on the command line)
     out: str = ""  # where report.md, the CSVs and the PNGs go (required)
     wandb_project: str = ""  # also read runs from this W&B project (ENTITY/PROJECT or PROJECT)
     wandb_group: str = ""  # only the W&B runs of this group (a sweep's name)
@@ -704,14 +710,7 @@ REPORT_USAGE = "python -m harness.report [RUNS_DIR] out=DIR [wandb_project=P [wa
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    old = {"--out": ("out", True), "--wandb-project": ("wandb_project", True), "--wandb-group": ("wandb_group", True)}
-    positional, own, extra = C.split_cli(list(sys.argv[1:] if argv is None else argv), ReportOptions, old)
-    args = C.parse_args(ReportOptions, own + extra, prog="python -m harness.report", usage=REPORT_USAGE)
-    if len(positional) > 1:
-        raise UserError(f"one folder of run directories, got {positional}; usage: {REPORT_USAGE}")
-    args.runs = positional[0] if positional else None
+    args = parse_args(ReportOptions, argv, prog="python -m harness.report", usage=REPORT_USAGE, positional="runs")
     if not args.out:
         raise UserError(f"out=DIR is required: where report.md, the CSVs and the PNGs go; usage: {REPORT_USAGE}")
     if not args.runs and not args.wandb_project:
@@ -736,4 +735,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    C.run_cli(main)
+    run_cli(main)

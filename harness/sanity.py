@@ -16,7 +16,9 @@ The checks and their thresholds:
     not listed, more than 100% only says the matmul is no ceiling for convolutions: not flagged);
   * interval: a confidence interval from fewer than 3 values, or one outside its quantity's bounds;
   * unstable: a spread wider than half its median (the median is then no figure to quote);
-  * unlike: compared rows that differ in a setting that should be equal (threads per process, launcher).
+  * unlike: compared rows that differ in a setting that should be equal (threads per process, launcher);
+  * single: a comparison (a scaling efficiency) in which a side is one measurement: its noise is
+    unknown, so the comparison cannot be told from noise ("too few").
 """
 from __future__ import annotations
 
@@ -99,6 +101,14 @@ def unlike(setting: str, values: dict) -> Flag | None:
     if len({str(v) for v in values.values()}) <= 1:
         return None
     return Flag("unlike", f"{setting} differs: " + ", ".join(f"{v} ({k})" for k, v in values.items()))
+
+
+def single(counts: dict, what: str) -> Flag | None:
+    """`counts`: label -> how many measurements each compared figure is the median of."""
+    ones = [str(k) for k, n in counts.items() if (n or 0) < 2]
+    if not ones:
+        return None
+    return Flag("too few", f"{what} from a single measurement at {' and '.join(ones)}: no spread to judge it by")
 
 
 def collect(*flags: Flag | None) -> list[str]:

@@ -22,7 +22,7 @@ from harness.errors import UserError
 from harness.models import model_facts
 from harness.timing import time_steps
 
-FAST = ["steps=2", "warmup=1", "repeats=1", "progress=false"]
+FAST = ["steps=2", "warmup=1", "repeats=1", "run.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def bench_out(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     data = make_cifar(root / "data", "bin", n_train=128, n_test=16)
     out = root / "out"
-    proc = run_harness(["models=simple_cnn,lenet5", "batch_sizes=8", "precision=fp32,bf16", "mode=both",
+    proc = run_harness(["model.name=simple_cnn,lenet5", "batch_sizes=8", "precision=fp32,bf16", "mode=both",
                         "compile=false", "channels_last=false", "data.backend=synthetic", "ladder=lenet5",
-                        "ladder_batch_size=8", "num_workers=1", f"data.root={data}", f"out={out}", "wandb=true",
+                        "ladder_batch_size=8", "num_workers=1", f"data.root={data}", f"out={out}", "run.wandb=true",
                         *FAST], module="harness.bench")
     with open(out / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -113,7 +113,7 @@ def test_ladder_runs_cpu_rungs_and_skips_dali(bench_out):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["models=resnet18,not_a_model"], "unknown model 'not_a_model'"),
+    (["model.name=resnet18,not_a_model"], "unknown model 'not_a_model'"),
     (["batch_size=8"], "unknown config key 'batch_size'"),
 ])
 def test_bad_input_is_one_clear_line(args, message):
@@ -235,26 +235,28 @@ def test_unlisted_devices_fall_back_to_the_measured_peak():
 
 
 def test_parsing_and_suite_defaults():
-    assert specs.resolve_models("lenet5,resnet1*,lenet5", "models") == ["lenet5", "resnet18"]
+    assert specs.resolve_models("lenet5,resnet1*,lenet5", "model.name") == ["lenet5", "resnet18"]
     with pytest.raises(UserError, match="no model matches 'zz\\*'"):
-        specs.resolve_models("zz*", "models")
+        specs.resolve_models("zz*", "model.name")
     assert specs.parse_ints("8, 16", "batch_sizes") == [8, 16]
     with pytest.raises(UserError, match="batch_sizes"):
         specs.parse_ints("8,x", "batch_sizes")
     with pytest.raises(UserError, match="precision"):
         specs.sweep_specs(BenchConfig(precision="fp32,fp16"))
     cpu = specs.resolve_defaults(BenchConfig(suite="data"), "cpu")
-    assert (cpu.models, cpu.batch_sizes, cpu.compile) == ("simple_cnn", "32", "auto")  # small on a CPU
-    # compile=auto: each model's recipe, resolved as training resolves it (off on a CPU)
+    assert (cpu.model.name, cpu.batch_sizes, cpu.compile) == ("simple_cnn", "32", "auto")  # small on a CPU
+    # the data suite's compile=auto: each model's recipe, resolved as training resolves it (off on a CPU)
     from harness.bench.data_suite import recipe_compile
 
     assert recipe_compile("resnet18", cpu, torch.device("cpu"))[0] is False
     assert recipe_compile("resnet18", cpu, torch.device("cuda")) == (True, "default")
     assert recipe_compile("resnet18", BenchConfig(compile=False), torch.device("cuda"))[0] is False
     gpu = specs.resolve_defaults(BenchConfig(suite="data"), "cuda")
-    assert (gpu.models, gpu.batch_sizes) == ("resnet18,simple_cnn", "512")
-    zoo = specs.resolve_defaults(BenchConfig(models="", ladder="lenet5", steps=3, warmup=0), "cpu")
-    assert (zoo.models, zoo.batch_sizes, zoo.steps, zoo.warmup, zoo.repeats, zoo.compile) == ("", "128", 3, 0, 5, True)
+    assert (gpu.model.name, gpu.batch_sizes) == ("resnet18,simple_cnn", "512")
+    zoo = specs.resolve_defaults(BenchConfig(model=specs.BenchModel(""), ladder="lenet5", steps=3, warmup=0), "cpu")
+    # compile=auto: off on a CPU, as in training (tests/test_cli.py: one function decides)
+    assert (zoo.model.name, zoo.batch_sizes, zoo.steps, zoo.warmup, zoo.repeats, zoo.compile) == (
+        "", "128", 3, 0, 5, False)
 
 
 def test_scaling_efficiency_against_one_process(tmp_path):
@@ -279,7 +281,7 @@ def test_time_steps_counts_every_step():
 
 def test_latency_adds_batch_1_figures_to_the_infer_rows(tmp_path):
     out = tmp_path / "out"
-    run_harness(["models=lenet5", "batch_sizes=8", "compile=false", "latency=true", "wandb=false", f"out={out}",
+    run_harness(["model.name=lenet5", "batch_sizes=8", "compile=false", "latency=true", "run.wandb=false", f"out={out}",
                  *FAST], module="harness.bench")
     rows = json.loads((out / "bench.json").read_text())["rows"]
     infer = next(r for r in rows if r["mode"] == "infer")
@@ -295,7 +297,7 @@ def test_two_ranks_agree_to_halve_the_batch_when_one_runs_out_of_memory(tmp_path
     out = tmp_path / "out"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / "launch/accelerate/cpu_ddp.yaml"), "--num_processes", "2", "-m", "harness.bench"]
-    proc = run_harness(["models=lenet5", "batch_sizes=8", "mode=train", "compile=false", "wandb=false",
+    proc = run_harness(["model.name=lenet5", "batch_sizes=8", "mode=train", "compile=false", "run.wandb=false",
                         f"out={out}", *FAST], launcher=launch, env={M.INJECT_OOM_ENV: "1"}, timeout=240)
     rows = json.loads((out / "bench-world2.json").read_text())["rows"]
     assert len(rows) == 1, proc.stderr[-2000:]
@@ -310,7 +312,7 @@ def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
     files are missing (said so), images/s per backend with n and spread, the ratio to synthetic round by
     round, the thread count and launcher in every row."""
     backends = "torch,dali,synthetic" if dali_available() else "torch,synthetic"
-    proc = run_harness(["suite=data", f"backends={backends}", "models=simple_cnn", "batch_sizes=8", "steps=2",
+    proc = run_harness(["suite=data", f"backends={backends}", "model.name=simple_cnn", "batch_sizes=8", "steps=2",
                         "warmup=1", "repeats=2", f"data.root={tmp_path / 'no-data'}", "data.limit_train=64",
                         f"out={tmp_path}"], module="harness.bench")
     result = json.loads((tmp_path / "data_bench.json").read_text())
@@ -348,7 +350,7 @@ def test_a_stopped_data_suite_keeps_what_it_measured(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data_suite, "timed_rounds", stop_at_the_third)
     with pytest.raises(KeyboardInterrupt):
-        cli.main(["suite=data", "backends=torch,synthetic", "models=lenet5,simple_cnn", "batch_sizes=4",
+        cli.main(["suite=data", "backends=torch,synthetic", "model.name=lenet5,simple_cnn", "batch_sizes=4",
                   f"data.root={tmp_path / 'no-data'}", "data.limit_train=32", f"out={tmp_path}", *FAST])
     result = json.loads((tmp_path / "data_bench.json").read_text())
     assert [r["backend"] for r in result["loaders"]] == ["torch", "synthetic"]
@@ -373,8 +375,8 @@ def test_a_stopped_zoo_run_keeps_what_it_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "measure_group", stop_at_the_second)
     try:
         with pytest.raises(KeyboardInterrupt):
-            cli.main(["models=lenet5,simple_cnn", "batch_sizes=4", "mode=train", "precision=fp32", "compile=false",
-                      "wandb=false", f"out={tmp_path}", *FAST])
+            cli.main(["model.name=lenet5,simple_cnn", "batch_sizes=4", "mode=train", "precision=fp32", "compile=false",
+                      "run.wandb=false", f"out={tmp_path}", *FAST])
     finally:
         AcceleratorState._reset_state(True)
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
@@ -384,8 +386,8 @@ def test_a_stopped_zoo_run_keeps_what_it_measured(tmp_path, monkeypatch):
 
 
 def test_ddp_suite_measures_both(tmp_path):
-    proc = run_harness(["suite=ddp", "models=lenet5", "batch_sizes=4", "steps=2", "repeats=1", "warmup=1",
-                        f"out={tmp_path}", "progress=false"], module="harness.bench")
+    proc = run_harness(["suite=ddp", "model.name=lenet5", "batch_sizes=4", "steps=2", "repeats=1", "warmup=1",
+                        f"out={tmp_path}", "run.progress=false"], module="harness.bench")
     result = json.loads((tmp_path / "ddp_overhead.json").read_text())
     assert result == json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "gloo" and result["steps_each"] == 2 and result["model"] == "lenet5"
@@ -395,7 +397,7 @@ def test_ddp_suite_measures_both(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["suite=ddp", "models=lenet5,simple_cnn"], "one model at one batch size"),
+    (["suite=ddp", "model.name=lenet5,simple_cnn"], "one model at one batch size"),
     (["suite=data", "backends=torch,nvjpeg"], "unknown backend 'nvjpeg'"),
     (["suite=data", "ladder=lenet5"], "ladder= belongs to suite=zoo"),
     (["data_root=data"], "unknown config key 'data_root'"),

@@ -1,5 +1,5 @@
 """The GPU campaign (harness.campaign): the budget's decisions as pure functions, the CLI's flags and
-errors, the report's MFU line from a bench.json, and one real --smoke run of every step (slow)."""
+errors, the report's MFU line from a bench.json, and one real smoke=true run of every step (slow)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,10 @@ import json
 import pytest
 
 from conftest import run_harness
-from harness.campaign import command, flags_to_keys, main, registered_models, slug
+from harness.campaign import command, main, registered_models, slug
 from harness.campaign.budget import Budget
 from harness.campaign.report import to_markdown
 from harness.campaign.steps import STEPS
-from harness.config import ConfigError
 from harness.errors import UserError
 
 
@@ -61,23 +60,14 @@ def test_a_running_step_gets_slack_but_never_more_than_the_budget_left():
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 
-def test_the_issues_flags_map_onto_the_key_value_config():
-    assert flags_to_keys(["--budget-min", "5", "--out=runs/x", "--smoke", "repeats=3"]) == [
-        "budget_min=5", "out=runs/x", "smoke=true", "repeats=3"]
-    with pytest.raises(ConfigError, match="unknown option --budget"):
-        flags_to_keys(["--budget", "5"])
-    with pytest.raises(ConfigError, match="--out needs a value"):
-        flags_to_keys(["--out"])
-
-
 def test_bad_input_stops_before_anything_runs(tmp_path):
     with pytest.raises(UserError, match="budget_min=0.0: must be positive"):
-        main(["--budget-min", "0", "--out", str(tmp_path)])
+        main(["budget_min=0", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="unknown step 'zoo2'"):
-        main(["--steps", "zoo2", "--out", str(tmp_path)])
+        main(["steps=zoo2", f"out={tmp_path}"])
     (tmp_path / "campaign.json").write_text("{}")
-    proc = run_harness(["--smoke", "--out", str(tmp_path)], module="harness.campaign", check=False)
-    assert proc.returncode != 0 and "already holds a campaign (campaign.json); continue it with --resume" in proc.stderr
+    proc = run_harness(["smoke=true", "--out", str(tmp_path)], module="harness.campaign", check=False)
+    assert proc.returncode != 0 and "already holds a campaign (campaign.json); continue it with resume=true" in proc.stderr
 
 
 def test_gpu_names_become_directory_names():
@@ -92,7 +82,7 @@ def test_models_missing_from_the_registry_are_dropped_and_named():
 
 def test_with_no_time_left_every_step_is_skipped_and_listed(tmp_path):
     # a 6-second budget is under the report's reserve: nothing runs, the report still says what and why
-    c = main(["--smoke", "--budget-min", "0.1", "--out", str(tmp_path)])
+    c = main(["smoke=true", "budget_min=0.1", f"out={tmp_path}"])
     assert [s["status"] for s in c["steps"]] == ["skipped for time"] * len(STEPS)
     report = (tmp_path / "report.md").read_text()
     skipped_row = next(line for line in report.splitlines() if line.startswith("| skipped for time |"))
@@ -102,8 +92,8 @@ def test_with_no_time_left_every_step_is_skipped_and_listed(tmp_path):
 
 
 def test_time_to_accuracy_is_not_run_on_random_images(tmp_path):
-    c = main(["--steps", "tta-speed94,tta-fast-resnet18", "--data-root", str(tmp_path / "no-data"),
-              "--out", str(tmp_path / "out")])
+    c = main(["steps=tta-speed94,tta-fast-resnet18", f"data.root={tmp_path / 'no-data'}",
+              f"out={tmp_path / 'out'}"])
     tta = [s for s in c["steps"] if s["group"] == 4]
     assert [s["status"] for s in tta] == ["skipped", "skipped"] and "no CIFAR-10 under" in tta[0]["reason"]
     assert not (tmp_path / "out" / "tta-speed94").exists()
@@ -116,7 +106,8 @@ def test_every_step_command_is_accepted_by_its_tool(step, smoke, tmp_path):
     """The GPU-size commands cannot run here: their keys, values and model names are checked the way the
     tools check them before measuring, so a CLI change shows up here and not on a lent GPU."""
     from harness.bench.specs import BenchConfig, check, ladder_specs, resolve_defaults, sweep_specs
-    from harness.config import Config, parse_args
+    from harness.cli import parse_args
+    from harness.config import Config
 
     argv, _ = command(step, {"dir": str(tmp_path), "data_root": "data", "verify": "official", "repeats": 5}, smoke)
     assert argv[1:3] == ["-m", step.module]
@@ -128,7 +119,7 @@ def test_every_step_command_is_accepted_by_its_tool(step, smoke, tmp_path):
         check(cfg)
         if cfg.suite == "zoo":
             assert sweep_specs(cfg) + ladder_specs(cfg)
-        assert cfg.out == str(tmp_path) and cfg.wandb is False
+        assert cfg.out == str(tmp_path) and cfg.run.wandb is False
 
 
 # ---- report -------------------------------------------------------------------------------------------
@@ -197,7 +188,7 @@ def test_the_report_carries_spreads_and_flags_and_refuses_intervals_from_two_run
 @pytest.mark.slow
 def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
     out = tmp_path / "campaign"
-    proc = run_harness(["--smoke", "--out", str(out)], module="harness.campaign", timeout=600, check=False)
+    proc = run_harness(["smoke=true", "--out", str(out)], module="harness.campaign", timeout=600, check=False)
     c = json.loads((out / "campaign.json").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:] + "\n" + "\n".join(
         f"{s['name']}: {s['status']}\n" + (out / s["log"]).read_text()[-2000:]
@@ -210,18 +201,18 @@ def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
     assert "CPU, not a GPU measurement" in report and "skipped for time | none" in report
     for png in ("zoo_images_per_s.png", "ladder.png", "data_ratio.png", "time_to_accuracy.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
-    assert f"-m harness.campaign --smoke --out {out}`" in report  # the command is recorded
+    assert f"-m harness.campaign smoke=true --out {out}`" in report  # the command is recorded
 
 
 def test_a_resumed_campaign_keeps_what_earlier_calls_measured(tmp_path):
     # one device command may run 10 minutes: a campaign is several calls into one directory
-    first = main(["--smoke", "--steps", "tta-fast-resnet18", "--out", str(tmp_path)])
+    first = main(["smoke=true", "steps=tta-fast-resnet18", f"out={tmp_path}"])
     ran = next(s for s in first["steps"] if s["name"] == "tta-fast-resnet18")
     assert ran["status"] == "ok" and (tmp_path / "tta-fast-resnet18" / "summary.json").is_file()
     assert not list((tmp_path / "tta-fast-resnet18").rglob("*.safetensors"))  # weights pruned: no figures
-    with pytest.raises(UserError, match="holds a smoke campaign; resume it with --smoke"):
-        main(["--resume", "--out", str(tmp_path)])
-    second = main(["--smoke", "--resume", "--budget-min", "0.1", "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="holds a smoke campaign; resume it with smoke=true"):
+        main(["resume=true", f"out={tmp_path}"])
+    second = main(["smoke=true", "resume=true", "budget_min=0.1", f"out={tmp_path}"])
     statuses = {s["name"]: s["status"] for s in second["steps"]}
     assert statuses.pop("tta-fast-resnet18") == "ok"
     assert set(statuses.values()) == {"skipped for time"}

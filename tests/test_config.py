@@ -1,9 +1,10 @@
-"""The config system: defaults, YAML recipes, dotted overrides, errors that name the key, round trip."""
+"""The config system: defaults, YAML recipes, dotted overrides, errors that name the key, round trip.
+The command line that reads them (flags, --help) is tests/test_cli.py."""
 
 import pytest
 import yaml
 
-from conftest import REPO, run_harness
+from conftest import REPO
 from harness import config as C
 from harness.models import list_models
 
@@ -26,7 +27,7 @@ def test_yaml_round_trip_preserves_every_value():
 def test_overrides_are_typed_and_applied_last(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim:\n  lr: 0.05\ntrain:\n  epochs: 3\n")
-    cfg = C.parse_args(C.Config, ["--config", str(recipe), "optim.lr=1e-3", "train.compile=false", "run.name=42"])
+    cfg = C.load(C.Config, recipe, ["optim.lr=1e-3", "train.compile=false", "run.name=42"])
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3  # from the recipe
     assert cfg.train.compile is False
@@ -51,6 +52,19 @@ def test_bad_overrides_name_the_key_and_what_is_allowed(override, words):
         C.apply_overrides(C.Config(), [override])
     for w in words:
         assert w in str(e.value), (w, str(e.value))
+
+
+def test_an_unknown_key_is_answered_with_the_key_it_most_likely_meant():
+    cfg = C.Config()
+    for name, meant in [("data-root", ["data.root"]), ("data_root", ["data.root"]), ("--model", ["model.name"]),
+                        ("models", ["model.name"]), ("epochs", ["train.epochs"]), ("wandb-project", ["run.wandb_project"]),
+                        ("optim.lrr", ["optim.lr"]), ("lrr", ["optim.lr"]), ("out", [])]:
+        assert C.close_keys(cfg, name) == meant, name
+    assert C.close_keys(cfg, "name") == ["model.name", "optim.name", "run.name"]
+    with pytest.raises(C.ConfigError, match=r"unknown config key 'data_root'\. Did you mean data\.root\?"):
+        C.apply_overrides(cfg, ["data_root=/d"])
+    with pytest.raises(C.ConfigError, match=r"unknown config key 'train.epocs'\. Did you mean train\.epochs\?"):
+        C.apply_overrides(cfg, ["train.epocs=3"])
 
 
 def test_bad_yaml_recipe_names_file_and_key(tmp_path):
@@ -78,93 +92,3 @@ def test_every_recipe_loads_and_names_a_registered_model(path):
 def test_every_model_has_a_zoo_recipe():
     zoo = {p.stem for p in (REPO / "configs" / "zoo").glob("*.yaml")}
     assert set(list_models()) <= zoo, set(list_models()) - zoo
-
-
-def test_cli_bad_key_is_one_line_without_traceback():
-    proc = run_harness(["train.epocs=3"], check=False, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "train.epocs" in proc.stderr and "epochs" in proc.stderr
-
-
-def _leaves(obj, prefix=""):
-    """(dotted key, default, field, owning class) for every value field, nested sections included."""
-    import dataclasses
-
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _leaves(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value, f, type(obj)
-
-
-def test_cli_help_shows_every_key_with_type_default_choices_and_description():
-    proc = run_harness(["--help"], timeout=120)
-    out = proc.stdout
-    assert out.startswith("usage: harness.train [--config FILE.yaml] [key=value ...]")
-    lines = out.splitlines()
-    for key, value, f, owner in _leaves(C.Config()):
-        line = next((ln for ln in lines if ln.startswith(f"  {key}={C._value_text(value)} ")), None)
-        assert line is not None, f"{key} missing from --help"
-        if f.metadata.get("choices"):
-            assert " | ".join(C._value_text(c) for c in f.metadata["choices"]) in line, line
-        note = C.field_descriptions(owner).get(f.name)
-        if note:  # the description follows the key's line
-            following = " ".join(ln.strip() for ln in lines[lines.index(line) + 1:lines.index(line) + 4])
-            assert following.startswith(note[:40]), (key, following)
-    # the descriptions are the comments written in config.py, checked here by hand for a few
-    def after(key):
-        i = next(i for i, ln in enumerate(lines) if ln.startswith(f"  {key}="))
-        return lines[i], lines[i + 1].strip()
-    assert after("train.precision")[0].split("(")[1].startswith("str: auto | fp32 | bf16 | fp16")
-    assert after("train.ema")[1].startswith("EMA decay of the weights")
-    assert after("optim.betas")[0] == "  optim.betas=[0.9, 0.999]".ljust(36) + " (list[float])"
-    assert after("data.verify")[1].startswith("official: python files must match")  # the comment above it
-    assert "model:" in lines and "train:" in lines
-
-
-def test_help_reads_descriptions_of_any_dataclass(tmp_path, monkeypatch, capsys):
-    """Trailing comments, comments above a field, fields written over several lines, nested sections and
-    fields without any comment, from a module of its own (as the benchmark's and the sweep's are)."""
-    (tmp_path / "helpcfg.py").write_text(
-        "from dataclasses import dataclass, field\n"
-        "from harness.config import choices\n\n\n"
-        "@dataclass\n"
-        "class Inner:\n"
-        "    depth: int = 3  # how deep # with a hash inside\n\n\n"
-        "@dataclass\n"
-        "class Tool:\n"
-        "    rate: float = 0.5  # how fast\n"
-        "    # the mode to run in,\n"
-        "    # spelled over two lines\n"
-        "    mode: str = choices(\"a\", \"b\",\n"
-        "                        default=\"b\")\n"
-        "    plain: bool = False\n"
-        "    names: list[str] = field(default_factory=list)  # comma-free list\n"
-        "    inner: Inner = field(default_factory=Inner)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import helpcfg
-
-    notes = C.field_descriptions(helpcfg.Tool)
-    assert notes == {"rate": "how fast", "mode": "the mode to run in, spelled over two lines",
-                     "names": "comma-free list"}
-    assert C.field_descriptions(helpcfg.Inner) == {"depth": "how deep # with a hash inside"}
-    with pytest.raises(SystemExit) as e:
-        C.parse_args(helpcfg.Tool, ["rate=2", "--help"], prog="tool")
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert "  mode=b".ljust(36) + " (str: a | b)\n      the mode to run in, spelled over two lines\n" in out
-    assert "  plain=false".ljust(36) + " (bool)\n  names=[]" in out  # no description line
-    assert "inner:\n  inner.depth=3".ljust(36) in out and "how deep" in out
-
-
-def test_bench_help_uses_the_same_machinery(capsys):
-    from harness.bench import BenchConfig
-
-    with pytest.raises(SystemExit):
-        C.parse_args(BenchConfig, ["--help"], prog="python -m harness.bench")
-    out = capsys.readouterr().out
-    assert out.startswith("usage: python -m harness.bench")
-    assert "  mode=both".ljust(36) + " (str: train | infer | both)" in out
-    assert "timed steps per repeat" in out

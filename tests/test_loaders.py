@@ -7,9 +7,6 @@ give the same batches for the same (seed, epoch, global position), whatever the 
 """
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -423,27 +420,3 @@ def test_unknown_flip_or_pad_mode_is_a_clear_error():
     with pytest.raises(UserError, match="pad_mode one of"):
         Augment(pad_mode="edge")
 
-
-# -- structure ----------------------------------------------------------------------------------------
-
-
-def test_data_modules_import_one_way():
-    """No module of harness/data imports (at any level, lazily too) one that imports it back."""
-    root = Path(loaders.__file__).parent
-    graph = {}
-    for path in root.glob("*.py"):
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness.data."):
-                names.add(node.module.rsplit(".", 1)[1])
-            elif isinstance(node, ast.ImportFrom) and node.module == "harness.data":
-                names.update(a.name for a in node.names)
-        graph[path.stem] = names & {p.stem for p in root.glob("*.py")}
-    assert "interface" in graph["torch_loader"] and "interface" in graph["dali"]
-    assert not graph["interface"] & {"loaders", "torch_loader", "dali", "synthetic"}
-
-    def reaches(a, b, seen=()):
-        return any(m == b or (m not in seen and reaches(m, b, (*seen, m))) for m in graph.get(a, ()))
-
-    cycles = [m for m in graph if reaches(m, m)]
-    assert not cycles, graph

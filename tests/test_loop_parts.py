@@ -17,7 +17,8 @@ from harness.training.ema import EMA
 from harness.errors import UserError
 from harness.training.evaluate import Interrupted, evaluate
 from harness.training.precision import resolve_compile, resolve_precision
-from harness.train import accum_divisor, check_config
+from harness.training.checks import check_config
+from harness.training.step import accum_divisor
 
 GPU_BF16 = dict(cuda=True, bf16_supported=True)
 GPU_OLD = dict(cuda=True, bf16_supported=False)

@@ -73,7 +73,9 @@ def test_report_from_run_directories(runs, tmp_path):
     assert [r["threads_per_process"] for r in rows] == ["1", "1"]
     assert {r["launcher"] for r in rows} == {"accelerate launch (torchrun)"}
     assert not any("unlike" in r["flags"] for r in rows)
-    assert "(n=1)" in scaling  # one epoch each: n = 1, and the table says so
+    # one epoch each: n = 1, the table says so, and the efficiency is flagged: nothing to judge it by
+    assert "(n=1)" in scaling and rows[0]["flags"] == ""
+    assert "too few: efficiency from a single measurement at 1 proc and 2 proc" in rows[1]["flags"]
 
     incomplete = md.split("## Incomplete runs")[1].split("##")[0]
     assert "crashed" in incomplete and "incomplete" in incomplete and "no checkpoint" in incomplete
@@ -96,7 +98,7 @@ def test_wandb_offline_says_so(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a W&B key
     with pytest.raises(UserError, match="W&B is offline here.*works offline from run directories"):
-        R.main(["--wandb-project", "me/harness", "--out", str(tmp_path / "r")])
+        R.main(["wandb_project=me/harness", "--out", str(tmp_path / "r")])
 
 
 def test_record_from_wandb_reads_what_the_tracker_logs():
@@ -192,7 +194,7 @@ def test_grad_flow_plot_from_grad_norms_files(tmp_path):
                 f.write(json.dumps({"step": step, "epoch": step / 10, "steps": 10,
                                     "layers": [[f"l{d}", d, 1.0 / (d + 1) / step] for d in range(5)]}) + "\n")
     out = tmp_path / "report"
-    R.main([str(tmp_path / "runs"), "--out", str(out)])
+    R.main([str(tmp_path / "runs"), f"out={out}"])
     assert (out / "grad_flow.png").is_file() and "## Gradient flow" in (out / "report.md").read_text()
 
 
@@ -215,8 +217,11 @@ def test_an_impossible_scaling_row_is_flagged_in_table_console_and_plot(tmp_path
     R.plot_scaling(rows, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     # within 105% and like with like: no flag
+    assert "too few: efficiency from a single measurement" in flags
+    # within 105%, like with like, two epochs a side: no flag
+    base2 = {**base, "epoch_rates": [99.0, 101.0]}
     fine = {**two, "images_per_s": 190.0, "epoch_rates": [188.0, 190.0, 192.0], "threads": 2, "launcher": "python"}
-    assert R.scaling_rows([base, fine])[1]["flags"] == ""
+    assert R.scaling_rows([base2, fine])[1]["flags"] == ""
 
 
 def test_seed_table_accuracy_intervals_stay_in_0_1_and_two_seeds_give_none(tmp_path):
@@ -230,3 +235,15 @@ def test_seed_table_accuracy_intervals_stay_in_0_1_and_two_seeds_give_none(tmp_p
     assert groups[2]["test_acc"]["ci95_low"] is None
     table = R.seed_table(list(groups.values()))
     assert "n = 2: too few runs for an interval" in table and "95% CI 0.00–" in table and "CI -" not in table
+
+
+def test_a_runs_rate_samples_are_those_of_the_summarys_median():
+    """The n and spread of a run's images/s come from the epoch rates harness.run.metrics.throughput takes
+    the median of (after the first epoch; the only one when there is one)."""
+    import statistics
+
+    from harness.run import metrics
+
+    for rates in ([500.0], [100.0, 210.0, 190.0, 205.0], [90.0, 300.0]):
+        epochs = [{"kind": "epoch", "epoch": i, "images_per_s": r} for i, r in enumerate(rates, 1)]
+        assert statistics.median(R.epoch_rates(epochs)) == metrics.throughput(rates)

@@ -56,6 +56,13 @@ def test_unlike_settings_are_named():
     assert sanity.unlike("threads per process", {"1 process": 1, "2 processes": 1}) is None
 
 
+def test_a_comparison_of_single_measurements_is_too_few():
+    """The sweep smoke's runs had one epoch each: an efficiency of one rate over another says nothing."""
+    flag = sanity.single({"1 proc": 1, "2 proc": 1}, "efficiency")
+    assert str(flag) == "too few: efficiency from a single measurement at 1 proc and 2 proc: no spread to judge it by"
+    assert sanity.single({"1 proc": 2, "2 proc": 3}, "efficiency") is None
+
+
 def test_flags_go_to_the_console_and_into_one_cell(capsys):
     flags = sanity.collect(sanity.efficiency(1.5), None, sanity.unstable(summarize([1.0, 5.0, 9.0])))
     assert len(flags) == 2 and sanity.text(flags).count("; ") == 1 and sanity.text([]) == ""

@@ -71,13 +71,13 @@ def test_whitening_any_first_conv_and_its_errors():
 
 
 def test_whitening_bias_trains_early_only():
-    from harness.training.optim import limit_steps
+    from harness.training.whiten import bias_step_limit
 
     torch.manual_seed(0)
     model = create_model("airnet")
     conv = init_whitening(model, _images(16))
-    opt = build_optimizer(model, _optim(bias_lr_scale=0.5, momentum=0.9), lr=0.2)
-    limit_steps(opt, conv.bias, 4)
+    opt = build_optimizer(model, _optim(bias_lr_scale=0.5, momentum=0.9), lr=0.2,
+                          step_limits=bias_step_limit(conv, epochs=2, steps_per_epoch=2))  # 4 steps
     group = next(g for g in opt.param_groups if any(p is conv.bias for p in g["params"]))
     assert group["params"] == [conv.bias] and group["lr_scale"] == 0.5  # its own group, settings kept
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
@@ -267,8 +267,8 @@ def test_tta_logits_are_the_mean_over_the_views_by_hand():
     res = evaluate(model, [(x, y)], _Accelerator(), 10, "flip_translate")
     assert res["loss"] == pytest.approx(F.cross_entropy(by_hand, y).item(), rel=1e-5)
     assert res["acc"] == (by_hand.argmax(1) == y).float().mean().item()
-    assert evaluate(model, [(x, y)], _Accelerator(), 10, True)["loss"] == pytest.approx(
-        F.cross_entropy((out["x"] + out["x_m"]) / 2, y).item(), rel=1e-5)  # the old boolean: flip
+    assert evaluate(model, [(x, y)], _Accelerator(), 10, "flip")["loss"] == pytest.approx(
+        F.cross_entropy((out["x"] + out["x_m"]) / 2, y).item(), rel=1e-5)  # the pair alone
 
 
 # ---- through the loop: warm-up run, repeats, the recipe ---------------------------------------------
@@ -344,7 +344,7 @@ def test_speed_recipe_under_two_process_ddp_keeps_ranks_identical(tmp_path):
                                               ("optim.muon_momentum=1.0", "optim.muon_momentum=1.0: a fraction"),
                                               ("optim.bias_lr_scale=-2", "optim.bias_lr_scale")])
 def test_speed_options_are_checked_before_the_run(override, needle):
-    from harness.train import check_config
+    from harness.training.checks import check_config
 
     with pytest.raises(C.ConfigError, match=needle.replace(".", r"\.")):
         check_config(C.load(C.Config, None, [override]), world=1)

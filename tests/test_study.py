@@ -17,8 +17,11 @@ from safetensors.torch import load_file
 from conftest import FAST, REPO, learnable_split, make_cifar, run_harness
 from harness import config as C
 from harness.training import finetune
+from harness.training.checks import check_config
+from harness.training.freeze import Freezer
 from harness.data.cifar import Dataset, random_split, select_classes
 from harness.training.gradflow import GradNorms, norms_once, weight_layers
+from harness.training.optim import build_optimizer
 from harness.models import count_params, create_model, list_models
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def test_head_freeze_moves_only_the_head_in_process():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = C.load(C.Config, None, ["train.freeze=head"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    assert finetune.Freezer(model, cfg.train).apply(0) == ["fc"]
+    assert Freezer(model, cfg.train).apply(0) == ["fc"]
     for _ in range(2):
         torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 5, (4,))).backward()
         optimizer.step()
@@ -145,14 +148,14 @@ def test_head_freeze_moves_only_the_head_in_process():
 def test_gradual_unfreezing_and_layer_lr_decay():
     model = create_model("resnet18")
     cfg = C.load(C.Config, None, ["train.freeze=gradual", "train.unfreeze_epochs=[1,3]", "optim.layer_lr_decay=0.5"])
-    freezer = finetune.Freezer(model, cfg.train)
+    freezer = Freezer(model, cfg.train)
     assert [freezer.apply(e) for e in range(4)] == [["fc"], ["layer4", "fc"], ["layer4", "fc"],
                                                    ["layer3", "layer4", "fc"]]
     assert not model.layer2[0].conv1.weight.requires_grad and model.layer2[0].bn1.momentum == 0.0
     assert model.layer3[0].bn1.momentum == 0.1  # unfrozen: its momentum restored
     for p in model.parameters():
         p.requires_grad_(True)
-    opt = finetune.stage_lr_groups(torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4), model, cfg.optim)
+    opt = build_optimizer(model, cfg.optim, 0.1)  # SGD, weight decay 5e-4: each group at 0.1 x its lr_scale
     scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     assert scale[id(model.fc.weight)] == 1.0 and scale[id(model.layer4[0].conv1.weight)] == 0.5
     assert scale[id(model.conv1.weight)] == 0.5**5 and scale[id(model.bn1.weight)] == 0.5**5  # stem = conv1+bn1
@@ -160,9 +163,9 @@ def test_gradual_unfreezing_and_layer_lr_decay():
     assert all(g["weight_decay"] == 5e-4 for g in opt.param_groups)
     assert {g["lr"] for g in opt.param_groups} == {0.1 * 0.5**k for k in range(6)}
     with pytest.raises(C.ConfigError, match="unfreeze_epochs"):
-        finetune.check_config(C.load(C.Config, None, ["train.freeze=gradual"]), 1)
+        check_config(C.load(C.Config, None, ["train.freeze=gradual"]), 1)
     with pytest.raises(C.ConfigError, match="DDP"):
-        finetune.check_config(cfg, 2)
+        check_config(cfg, 2)
 
 
 def test_init_from_adapts_torchvision_names_and_skips_other_heads(tmp_path):
@@ -247,12 +250,10 @@ def test_gradual_unfreezing_in_a_run_shows_in_the_gradient_norms(data, tmp_path)
 def test_freezer_keeps_what_the_optimiser_froze():
     """optim.freeze_norm_weights freezes BN scales when the optimiser is built; thawing a stage must not
     bring them back."""
-    from harness.training.optim import build_optimizer
-
     model = create_model("resnet18")
     cfg = C.load(C.Config, None, ["optim.freeze_norm_weights=true", "train.freeze=gradual",
                                   "train.unfreeze_epochs=[0,0,0,0,0]"])
     build_optimizer(model, cfg.optim, 0.1)
-    assert finetune.Freezer(model, cfg.train).apply(0) == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert Freezer(model, cfg.train).apply(0) == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
     assert not model.bn1.weight.requires_grad and not model.layer1[0].bn2.weight.requires_grad
     assert model.bn1.bias.requires_grad and model.conv1.weight.requires_grad

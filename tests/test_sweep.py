@@ -14,6 +14,7 @@ import yaml
 from conftest import FAST, REPO, make_cifar, run_harness
 from harness import config as C
 from harness import sweep as S
+from harness.cli import parse_args
 from harness.errors import UserError
 from harness.models import list_models
 
@@ -138,10 +139,9 @@ def test_threads_per_process_is_the_same_for_every_run(tmp_path):
 
 
 def test_slurm_launcher(tmp_path, monkeypatch, capsys):
-    """Also the old --flag spelling of the sweep's options, still accepted."""
     path = write_sweep(tmp_path, {"grid": {"model.name": ["simple_cnn", "lenet5"], "gpus": [1, 2]},
                                   "slurm": {"sbatch_args": ["--partition=gpu"], "max_parallel": 2}})
-    S.main([str(path), "--launcher", "slurm", "--dry-run"])
+    S.main([str(path), "launcher=slurm", "dry_run=true"])
     out = capsys.readouterr().out.splitlines()
     sbatch = [line for line in out if line.startswith("sbatch")]
     assert len(out) == 6 and len(sbatch) == 2  # 4 commands, one array per GPU count
@@ -151,7 +151,7 @@ def test_slurm_launcher(tmp_path, monkeypatch, capsys):
                for s in sbatch)
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(UserError, match="sbatch is not on PATH"):
-        S.main([str(path), "--launcher", "slurm"])
+        S.main([str(path), "launcher=slurm"])
     lines = (tmp_path / "out" / "commands.txt").read_text().splitlines()
     assert len(lines) == 4 and all(line.startswith("accelerate launch") for line in lines)
     assert "harness/train.py" in lines[1] and "--num_processes 1" in lines[0] and "--num_processes 2" in lines[1]
@@ -192,7 +192,7 @@ def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "WANDB_RUN_ID": "abc123"}
     argv = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
     assert argv[:2] == ["-m", "harness.train"]
-    cfg = C.parse_args(C.Config, argv[2:])
+    cfg = parse_args(C.Config, argv[2:])
     assert cfg.run.dir == f"{tmp_path}/out/abc123" and cfg.run.wandb is True and cfg.run.wandb_group == "t"
     assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs) == ("simple_cnn", 0.1, 2)
     random = write_sweep(tmp_path, {"random": {"samples": 5, "space": {"optim.lr": {"min": 0.01, "max": 0.3,

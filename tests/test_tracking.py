@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import struct
+import types
 from pathlib import Path
 
 import pytest
 
 from conftest import FAST, make_cifar, run_harness
-from harness.run.tracker import wandb_key, wandb_mode
+from harness.run import metrics
+from harness.run.metrics import wandb_key
+from harness.run.tracker import wandb_mode
 
 
 def wandb_records(path: Path):
@@ -41,12 +44,17 @@ def wandb_records(path: Path):
 
 
 def read_offline_run(path: Path) -> dict:
-    """{'id', 'history': [row dicts], 'summary': final summary, 'metrics': {name or glob: MetricRecord}}."""
-    out = {"id": None, "history": [], "summary": {}, "metrics": {}}
+    """{'id', 'name', 'config', 'history': [row dicts], 'summary': final summary, 'metrics': {name or glob:
+    MetricRecord}, 'exit_code'} (the config without wandb's own `_` keys, as its public API shows it)."""
+    out = {"id": None, "name": None, "config": {}, "history": [], "summary": {}, "metrics": {}, "exit_code": None}
     for r in wandb_records(path):
         kind = r.WhichOneof("record_type")
         if kind == "run":
-            out["id"] = r.run.run_id
+            out["id"], out["name"] = r.run.run_id, r.run.display_name
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update if not i.key.startswith("_")})
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
         elif kind == "history":
             out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item})
         elif kind == "summary":
@@ -128,6 +136,45 @@ def test_a_resumed_run_continues_the_same_wandb_run(two_runs):
     second = read_offline_run(both[-1] if both[0] == first[0] else both[0])
     steps = [h["train/global_step"] for h in second["history"]]
     assert steps and min(steps) > max(h["train/global_step"] for h in read_offline_run(first[0])["history"])
+
+
+def test_rows_and_summary_follow_the_metrics_schema(two_runs):
+    run, _, _ = two_runs
+    summary = json.loads((run / "summary.json").read_text())
+    assert tuple(summary) == metrics.SUMMARY_KEYS  # every key, in the schema's order
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"step", "epoch"}
+    for r in rows:  # with a validation split every key of its kind is there, and nothing else
+        assert set(r) - {"kind"} == set(metrics.WANDB_KEYS[r["kind"]]), r
+    rates = [r["images_per_s"] for r in rows if r["kind"] == "epoch"]
+    assert summary["train_images_per_s"] == metrics.throughput(rates) == rates[1]  # epoch 1 holds compilation
+
+
+def test_the_one_median_is_the_middle_or_the_mean_of_the_middle_two():
+    assert metrics.throughput([900.0, 1000.0, 1100.0]) == 1050.0  # after the first epoch: an even count
+    assert metrics.throughput([900.0, 1000.0, 1100.0, 1300.0]) == 1100.0
+    assert metrics.throughput([700.0]) == 700.0 and metrics.throughput([]) is None
+
+
+def test_a_run_reads_the_same_from_its_directory_and_from_its_wandb_files(two_runs):
+    """harness.report's record of the two-part run: from run.dir's files, and from its two offline W&B files
+    joined in order (as `wandb sync` joins them), standing in for the W&B API's Run."""
+    from harness import report as R
+
+    run, _, both = two_runs
+    parts = [read_offline_run(p) for p in both]
+    assert [p["exit_code"] for p in parts] == [0, 0]
+    summary = {k: v for p in parts for k, v in p["summary"].items()}
+    history = [h for p in parts for h in p["history"]]
+    online = types.SimpleNamespace(name=parts[-1]["name"], id=parts[-1]["id"], state="finished",
+                                   config=parts[-1]["config"], summary=summary, scan_history=lambda: history)
+    from_files, from_wandb = R.read_run(run, run.parent), R.record_from_wandb(online, "me/harness")
+    assert from_files.pop("source") == str(run) and from_wandb.pop("source").startswith("wandb:me/harness/")
+    assert from_wandb == from_files
+    # and a full record: both epochs, validation-based selection, throughput, the config
+    assert from_files["epochs_done"] == 2 and from_files["status"] == "complete"
+    assert from_files["best_val_acc"] is not None and from_files["test_acc_at_best_val"] is not None
+    assert from_files["images_per_s"] > 0 and from_files["config"]["run"]["dir"] == str(run)
 
 
 def test_keys_of_rows_added_later_get_a_namespace():

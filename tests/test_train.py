@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from conftest import FAST, REPO, make_cifar, run_harness
 from harness import config as C
 from harness.data.cifar import DataError, load_dataset, random_split, write_binary, write_python
+from harness.training.checks import check_config
 from harness.training.optim import lr_at, scaled_lr
-from harness.train import check_config
 
 
 def summary(run_dir: Path) -> dict:
@@ -213,7 +213,7 @@ def test_optimiser_options_run(tmp_path, learnable_root):
     run = tmp_path / "opts"
     run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "optim.name=adamw", "optim.lr=0.002",
                         "optim.schedule=onecycle", "optim.no_wd_norm_bias=true", "train.label_smoothing=0.1",
-                        "train.grad_clip=1.0", "train.ema=0.9", "train.tta_flip=true", "data.cutout=8",
+                        "train.grad_clip=1.0", "train.ema=0.9", "train.tta=flip", "data.cutout=8",
                         "optim.nesterov=true"])
     s = summary(run)
     assert 0 <= s["test_acc"] <= 1 and s["steps"] == 20

@@ -1,14 +1,15 @@
 """The benchmark: one config, three suites.
 
-    python -m harness.bench [suite=zoo] [key=value ...]    e.g. models='resnet*' batch_sizes=128,512 precision=fp32,bf16
-    python -m harness.bench suite=data [backends=torch,dali,synthetic] [models=...] [data.root=data]
-    python -m harness.bench suite=ddp [models=resnet18] [batch_sizes=32]
+    python -m harness.bench [suite=zoo] [key=value ...]    e.g. model.name='resnet*' batch_sizes=128,512 precision=fp32,bf16
+    python -m harness.bench suite=data [backends=torch,dali,synthetic] [model.name=...] [data.root=data]
+    python -m harness.bench suite=ddp [model.name=resnet18] [batch_sizes=32]
     accelerate launch -m harness.bench ...                 N processes (DDP): per-device and aggregate images/s
 
 `--help` lists every key. The package, one job per module, read in this order:
-  specs.py       the config (`BenchConfig`, keys named as in the training config: data.root,
-                 data.limit_train, ...), each suite's defaults (CPU-sized where no GPU is present), the
-                 zoo's rows (`Spec`), how they group for alternating rounds, and the ladder's rungs
+  specs.py       the config (`BenchConfig`, keys named as in the training config: model.name, data.root,
+                 data.limit_train, run.wandb, run.seed, ...; compile=auto decided as training decides it),
+                 each suite's defaults (CPU-sized where no GPU is present), the zoo's rows (`Spec`), how
+                 they group for alternating rounds, and the optimisation ladder's rungs
   peaks.py       the MFU denominator: NVIDIA's datasheet dense peaks (the default), and a measured matmul
                  reported beside it as the achievable ceiling (the denominator for unlisted devices)
   sources.py     what feeds the steps: CIFAR-10 (or random images, said so), seed 001's dataset and

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from harness.bench.specs import BenchConfig, check, ladder_specs, resolve_defaults, sweep_specs
-from harness.config import parse_args, to_dict
+from harness.cli import parse_args
+from harness.config import to_dict
 from harness.errors import UserError
 
-USAGE = "python -m harness.bench [--config FILE.yaml] [suite=zoo|data|ddp] [key=value ...]"
+USAGE = "python -m harness.bench [--config FILE.yaml] [--out DIR] [suite=zoo|data|ddp] [key=value ...]"
 
 
 def default_out() -> str:
@@ -85,13 +86,13 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     env = {"provenance": provenance(world, device), "config": to_dict(cfg), "device_type": device.type,
            "peaks": peak_figures, "num_workers": num_workers(cfg.num_workers), "cudnn_benchmark": True, **setting}
     run = None
-    progress = Progress(len(specs), desc="bench", unit="row", show=main_proc and cfg.progress, every_s=0)
+    progress = Progress(len(specs), desc="bench", unit="row", show=main_proc and cfg.run.progress, every_s=0)
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.wandb:
+        if cfg.run.wandb:
             import wandb
 
-            run = wandb.init(project=cfg.wandb_project, dir=str(out), mode=wandb_mode(), name=out.name + suffix,
+            run = wandb.init(project=cfg.run.wandb_project, dir=str(out), mode=wandb_mode(), name=out.name + suffix,
                              job_type="bench", config={**to_dict(cfg), "world_size": world, "device": device_name})
         print(f"{len(specs)} rows on {device_name} x {world}, {setting['threads']} thread(s) per process "
               f"({setting['launcher']}); MFU peaks: "

@@ -1,7 +1,7 @@
 """suite=data: how fast each loader backend renders batches, and how much of a model's training speed
 survives real data compared with synthetic batches already on the device (the model's time alone).
 
-    python -m harness.bench suite=data [backends=torch,dali,synthetic] [models=...] [data.root=data]
+    python -m harness.bench suite=data [backends=torch,dali,synthetic] [model.name=...] [data.root=data]
 
 Two measurements per batch size, each after `warmup` untimed steps of every backend:
   1. loader alone: images/s of iterating training batches (augmentation as in training);
@@ -97,7 +97,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
     from harness.training.step import cross_entropy, optimizer_step, train_step
 
     backends, notes = resolve_backends(cfg, device)
-    models = resolve_models(cfg.models, "models")
+    models = resolve_models(cfg.model.name, "model.name")
     batch_sizes = parse_ints(cfg.batch_sizes, "batch_sizes")
     precision = precisions(cfg)
     if len(precision) != 1:
@@ -124,7 +124,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
 
     def make_loader(backend: str, batch_size: int):
         return harness_loader(backend, x_all, y_all, batch_size, train=True, data=cfg.data, device=device,
-                              channels_last=cfg.channels_last, seed=cfg.seed)
+                              channels_last=cfg.channels_last, seed=cfg.run.seed)
 
     for batch_size in batch_sizes:
         its = {b: make_loader(b, batch_size).endless() for b in backends}
@@ -144,7 +144,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
             compiled, mode = recipe_compile(name, cfg, device)
             steps, its = {}, []
             for backend in backends:
-                torch.manual_seed(cfg.seed)  # every backend's model starts from the same weights
+                torch.manual_seed(cfg.run.seed)  # every backend's model starts from the same weights
                 model = create_model(name, num_classes=10).to(device, memory_format=memory_format)
                 optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=5e-4), lr=0.1)
                 net = torch.compile(model, mode=mode) if compiled else model
@@ -226,7 +226,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, setting: dict) -> dict:
-    result = run(cfg, out, device, device_name, setting, cfg.progress)
+    result = run(cfg, out, device, device_name, setting, cfg.run.progress)
     report = to_markdown(result)
     write_json(out / "data_bench.json", result)
     (out / "data_bench.md").write_text(report)

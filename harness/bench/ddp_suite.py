@@ -2,7 +2,7 @@
 DistributedDataParallel over a one-process group (no peer, so no network: what is left is DDP's own work,
 i.e. gradient hooks, copying gradients into 25 MB buckets, the all-reduce call path).
 
-    python -m harness.bench suite=ddp [models=resnet18] [batch_sizes=32] [steps=10] [repeats=3] [threads=N]
+    python -m harness.bench suite=ddp [model.name=resnet18] [batch_sizes=32] [steps=10] [repeats=3] [threads=N]
 
 Both models start from the same weights and see the same batch, in fp32, through the trainer's own step
 (harness.training.step.train_step and optimizer_step) with a real accelerate.Accelerator: made with
@@ -56,9 +56,9 @@ def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("suite=ddp builds its own one-process group: run it with python -m harness.bench, "
                         "not under accelerate launch / torchrun")
-    models, batch_sizes = resolve_models(cfg.models, "models"), parse_ints(cfg.batch_sizes, "batch_sizes")
+    models, batch_sizes = resolve_models(cfg.model.name, "model.name"), parse_ints(cfg.batch_sizes, "batch_sizes")
     if len(models) != 1 or len(batch_sizes) != 1:
-        raise UserError(f"suite=ddp measures one model at one batch size (models={cfg.models}, "
+        raise UserError(f"suite=ddp measures one model at one batch size (model.name={cfg.model.name}, "
                         f"batch_sizes={cfg.batch_sizes}); run it once per model")
     model_name, batch = models[0], batch_sizes[0]
     accelerator = make_accelerator()
@@ -69,7 +69,7 @@ def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     warmup = cfg.warmup
     try:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.run.seed)
         plain = create_model(model_name).to(device)
         wrapped = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(plain))  # default 25 MB buckets
         x = torch.randn(batch, 3, 32, 32, device=device)
@@ -88,7 +88,7 @@ def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
         for step in steps.values():
             step_times(step, warmup, sync)
         blocks: dict[str, list[list[float]]] = {"plain": [], "ddp": []}
-        progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.progress, every_s=0)
+        progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.run.progress, every_s=0)
         for r in range(cfg.repeats):
             for name in round_order(["plain", "ddp"], r):
                 blocks[name].append(step_times(steps[name], cfg.steps, sync))

@@ -104,11 +104,11 @@ def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
     from harness.training.step import cross_entropy, optimizer_step, train_step
 
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format)
     source = batches(spec, batch_size, ctx.images, device=device, data=cfg.data, workers=num_workers(cfg.num_workers),
-                     seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+                     seed=cfg.run.seed, rank=ctx.rank, world=ctx.world)
     autocast = row_autocast(spec.precision, device)
     inject = os.environ.get(INJECT_OOM_ENV) == str(ctx.rank) and batch_size == spec.batch_size
     compiled = []
@@ -194,7 +194,7 @@ def latency(spec: Spec, ctx: Context) -> dict:
 
     cfg, device = ctx.cfg, ctx.device
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format).eval()
     net = torch.compile(model, mode=cfg.compile_mode) if spec.compile else model
     x = torch.randn(1, 3, 32, 32, device=device).to(memory_format=memory_format)
@@ -397,6 +397,8 @@ def add_scaling(rows: list[dict], baseline: Path | None) -> str:
             found += 1
             r["flags"] = (r.get("flags") or []) + sanity.collect(
                 sanity.efficiency(r["scaling_efficiency"]),
+                sanity.single({"1 process": int(float(one.get("images_per_s_n") or 1)),
+                               f"{r['world_size']} processes": r.get("images_per_s_n") or 1}, "efficiency"),
                 sanity.unlike("threads per process", {"1 process": one.get("threads") or "?",
                                                       f"{r['world_size']} processes": r.get("threads")}),
                 sanity.unlike("launcher", {"1 process": one.get("launcher") or "?",

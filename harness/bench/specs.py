@@ -23,13 +23,25 @@ class BenchData:
 
 
 @dataclass
+class BenchModel:
+    name: str = "auto"  # comma list of model names and/or globs: 'resnet*', '*' (the whole zoo); "" for none; auto: the suite's default (zoo resnet18; data resnet18,simple_cnn on a GPU, simple_cnn on a CPU; ddp resnet18)
+
+
+@dataclass
+class BenchRun:
+    seed: int = 0
+    progress: bool = True  # a progress bar (rank 0)
+    wandb: bool = True  # suite=zoo: offline unless a W&B key is configured (harness.run.tracker.wandb_mode)
+    wandb_project: str = "harness"
+
+
+@dataclass
 class BenchConfig:
     suite: str = choices("zoo", "data", "ddp", default="zoo")  # zoo: model throughput (+ ladder=); data: loader backends against synthetic; ddp: one process with DDP against none
-    models: str = "auto"  # comma list of names and/or globs: 'resnet*', '*' (the whole zoo); "" for none; auto: the suite's default (zoo resnet18; data resnet18,simple_cnn on a GPU, simple_cnn on a CPU; ddp resnet18)
     batch_sizes: str = "auto"  # comma list; images per process (N processes see N x this per step); auto: zoo 128, data 512 on a GPU and 32 on a CPU, ddp 32
     precision: str = "bf16"  # fp32, bf16, or a comma list to sweep (fp32,bf16); suite=ddp runs fp32
     channels_last: bool = True
-    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: on for zoo, each model's recipe for data (configs/zoo/<model>.yaml: on a GPU, off on a CPU), off for ddp
+    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: as in training (train.compile): the launcher's --dynamo_backend, else on for a GPU, off for a CPU (harness.training.precision.resolve_compile); suite=data: each model's recipe (configs/zoo/<model>.yaml) resolved the same way; suite=ddp runs eager
     compile_mode: str = choices("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                                 default="default")
     mode: str = choices("train", "infer", "both", default="both")  # suite=zoo
@@ -46,37 +58,41 @@ class BenchConfig:
     peak: str = choices("table", "measured", default="table")  # MFU denominator: table = the GPU's datasheet dense peak (measured where the device is not listed); the measured matmul peak is always reported beside it
     baseline: str = ""  # a 1-process bench CSV for scaling efficiency ("": bench.csv in out, if there)
     out: str = ""  # results directory ("": runs/bench-<UTC time>)
-    seed: int = 0
-    progress: bool = True  # a progress bar (rank 0)
-    wandb: bool = True  # suite=zoo: offline unless a W&B key is configured (harness.run.tracker.wandb_mode)
-    wandb_project: str = "harness"
+    model: BenchModel = field(default_factory=BenchModel)
     data: BenchData = field(default_factory=BenchData)
+    run: BenchRun = field(default_factory=BenchRun)
 
 
 # Each suite's defaults for the keys left at auto/0/-1; the data suite's CPU defaults finish in well under
-# a minute on a 2-core CPU (resnet18 at batch 512 did not finish in five).
+# a minute on a 2-core CPU (resnet18 at batch 512 did not finish in five). compile=auto is not a suite
+# default: it follows training's rule (resolve_defaults; for the data suite, each model's recipe).
 SUITE_DEFAULTS = {
-    ("zoo", "cuda"): dict(models="resnet18", batch_sizes="128", steps=50, warmup=10, repeats=5, compile=True),
-    # data: compile stays "auto" (each model's recipe, harness.bench.data_suite.recipe_compile)
-    ("data", "cuda"): dict(models="resnet18,simple_cnn", batch_sizes="512", steps=50, warmup=10, repeats=3,
-                           compile="auto"),
+    ("zoo", "cuda"): {"model.name": "resnet18", "batch_sizes": "128", "steps": 50, "warmup": 10, "repeats": 5},
+    ("data", "cuda"): {"model.name": "resnet18,simple_cnn", "batch_sizes": "512", "steps": 50, "warmup": 10,
+                       "repeats": 3},
     # a CPU shared with other jobs: more, shorter rounds (7 x 10 steps, not 3 x 20) give a median that one
     # stalled block cannot move; measured: the round-by-round real/synthetic ratios of simple_cnn spread
     # 0.75-1.29 around a median of 1.00
-    ("data", "cpu"): dict(models="simple_cnn", batch_sizes="32", steps=10, warmup=5, repeats=7, compile="auto"),
-    ("ddp", "cuda"): dict(models="resnet18", batch_sizes="32", steps=10, warmup=2, repeats=3, compile=False),
+    ("data", "cpu"): {"model.name": "simple_cnn", "batch_sizes": "32", "steps": 10, "warmup": 5, "repeats": 7},
+    ("ddp", "cuda"): {"model.name": "resnet18", "batch_sizes": "32", "steps": 10, "warmup": 2, "repeats": 3},
 }
 SUITE_DEFAULTS[("zoo", "cpu")] = SUITE_DEFAULTS[("zoo", "cuda")]
 SUITE_DEFAULTS[("ddp", "cpu")] = SUITE_DEFAULTS[("ddp", "cuda")]
 
 
 def resolve_defaults(cfg: BenchConfig, device_type: str) -> BenchConfig:
-    """Fill the keys left at their 'suite default' value from SUITE_DEFAULTS (in place)."""
+    """Fill the keys left at their 'suite default' value from SUITE_DEFAULTS (in place); compile=auto
+    means what it means for training, decided by the trainer's own function."""
+    from harness.training.precision import resolve_compile
+
     d = SUITE_DEFAULTS[(cfg.suite, "cuda" if device_type == "cuda" else "cpu")]
-    unset = {"models": "auto", "batch_sizes": "auto", "steps": 0, "warmup": -1, "repeats": 0, "compile": "auto"}
-    for key, marker in unset.items():
-        if getattr(cfg, key) == marker and not isinstance(getattr(cfg, key), bool):
+    if cfg.model.name == "auto":
+        cfg.model.name = d["model.name"]
+    for key, marker in {"batch_sizes": "auto", "steps": 0, "warmup": -1, "repeats": 0}.items():
+        if getattr(cfg, key) == marker:
             setattr(cfg, key, d[key])
+    if cfg.compile == "auto" and cfg.suite != "data":  # the data suite: each model's recipe (data_suite.recipe_compile)
+        cfg.compile = resolve_compile("auto", cuda=device_type == "cuda")[0]
     return cfg
 
 
@@ -88,8 +104,8 @@ def check(cfg: BenchConfig) -> None:
         raise UserError(f"warmup={cfg.warmup}: must be 0 or more")
     if cfg.data.limit_train < 0:
         raise UserError(f"data.limit_train={cfg.data.limit_train}: must be 0 (all) or more")
-    if cfg.suite == "zoo" and not cfg.models.strip() and not cfg.ladder.strip():
-        raise UserError("nothing to run: set models=... and/or ladder=... (e.g. models=resnet18)")
+    if cfg.suite == "zoo" and not cfg.model.name.strip() and not cfg.ladder.strip():
+        raise UserError("nothing to run: set model.name=... and/or ladder=... (e.g. model.name=resnet18)")
     if cfg.suite != "zoo" and cfg.ladder.strip():
         raise UserError(f"ladder= belongs to suite=zoo; drop it or use suite=zoo (suite={cfg.suite})")
 
@@ -181,7 +197,7 @@ def precisions(cfg: BenchConfig) -> list[str]:
 
 def sweep_specs(cfg: BenchConfig) -> list[Spec]:
     precision = precisions(cfg)
-    models = resolve_models(cfg.models, "models")
+    models = resolve_models(cfg.model.name, "model.name")
     batch_sizes = parse_ints(cfg.batch_sizes, "batch_sizes") if models else []
     modes = ["train", "infer"] if cfg.mode == "both" else [cfg.mode]
     return [Spec(m, b, p, cfg.channels_last, cfg.compile, cfg.data.backend, mode)

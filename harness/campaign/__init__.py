@@ -1,7 +1,6 @@
 """The GPU campaign: every published figure from one command, in priority order, inside a time budget.
 
-    python -m harness.campaign [--budget-min 25] [--out docs/benchmarks/<gpu>] [--smoke] [--steps zoo,ladder]
-    python -m harness.campaign budget_min=25 out=DIR smoke=true          (the same, key=value)
+    python -m harness.campaign [budget_min=25] [out=docs/benchmarks/<gpu>] [smoke=true] [steps=zoo,ladder]
 
 This module owns running the campaign: the steps (`steps.STEPS`) run one after another, each as a
 subprocess of the harness's own CLI (`python -m harness.bench ...`, `python -m harness.train ...`), so an
@@ -11,9 +10,9 @@ longer fits; a step that runs gets a timeout from the time left, and its console
 `logs/<step>.log`. After every step the report (`report.write`) is rewritten, so a campaign cut short
 still leaves a complete, readable report of what it measured.
 
---smoke runs every step at toy size on a CPU (a few minutes; what the tests run). It never reads data/:
+smoke=true runs every step at toy size on a CPU (a few minutes; what the tests run). It never reads data/:
 it writes a tiny CIFAR-10 in the official binary format to a temporary directory. At full size, the
-time-to-accuracy steps need the real CIFAR-10 under data_root and are skipped (and listed) without it;
+time-to-accuracy steps need the real CIFAR-10 under data.root and are skipped (and listed) without it;
 the benchmarks fall back to random images and say so. Method and budget: docs/benchmarks/campaign.md.
 """
 from __future__ import annotations
@@ -28,18 +27,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.campaign.budget import Budget
 from harness.campaign.steps import STEPS, Step, by_name
-from harness.config import ConfigError, parse_args
+from harness.cli import parse_args
+from harness.config import ConfigError
 from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 NO_DATA = ("no CIFAR-10 under {data_root} (time to accuracy on random images means nothing; stage it with "
            "`python ../shared/tools/device_stage.py prepare`)")
-USAGE = "python -m harness.campaign [--budget-min 25] [--out DIR] [--smoke] [key=value ...]"
+USAGE = "python -m harness.campaign [budget_min=25] [out=DIR] [smoke=true] [resume=true] [key=value ...]"
+
+
+@dataclass
+class CampaignData:
+    root: str = "data"  # the CIFAR-10 files (stage them on a GPU machine first; see the docs)
 
 
 @dataclass
@@ -48,43 +53,16 @@ class CampaignConfig:
     out: str = ""  # output directory ("": docs/benchmarks/<gpu>, e.g. h100-80gb-hbm3; cpu without CUDA; -smoke added)
     smoke: bool = False  # every step at toy size on a CPU in a few minutes, on a generated tiny CIFAR-10
     steps: str = ""  # comma list of steps to run ("": all): zoo, zoo-compiled, ladder, data, tta-speed94, ...
-    data_root: str = "data"  # the CIFAR-10 files (stage them on a GPU machine first; see the docs)
     repeats: int = 5  # runs of the speed recipe, for its mean ± std and 95% interval
     # continue the campaign in out (or start one): steps already ok are kept, the others run. One device
-    # command may run 10 minutes at most, so a 25-minute campaign is several calls with --resume
+    # command may run 10 minutes at most, so a 25-minute campaign is several calls with resume=true
     resume: bool = False
-
-
-def flags_to_keys(argv: list[str]) -> list[str]:
-    """`--budget-min 5`, `--out=DIR`, `--smoke` -> `budget_min=5`, `out=DIR`, `smoke=true`: the issue's
-    flags on top of the key=value CLI every harness tool shares. `--help` passes through."""
-    fields = {f.name: f for f in dataclasses.fields(CampaignConfig)}
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if not a.startswith("--") or a in ("--help", "--config") or a.startswith("--config="):
-            out.append(a)
-            continue
-        name, eq, value = a[2:].partition("=")
-        key = name.replace("-", "_")
-        if key not in fields:
-            raise ConfigError(f"unknown option {a}; the options are "
-                              + ", ".join("--" + k.replace("_", "-") for k in fields) + " (see --help)")
-        if not eq:
-            if fields[key].type in (bool, "bool"):
-                value = "true"
-            elif i < len(argv):
-                value, i = argv[i], i + 1
-            else:
-                raise ConfigError(f"{a} needs a value, e.g. {a} {getattr(CampaignConfig(), key)!r}")
-        out.append(f"{key}={value}")
-    return out
+    data: CampaignData = field(default_factory=CampaignData)
 
 
 def check(cfg: CampaignConfig) -> None:
     if not cfg.budget_min > 0:
-        raise ConfigError(f"budget_min={cfg.budget_min}: must be positive (minutes, e.g. --budget-min 25)")
+        raise ConfigError(f"budget_min={cfg.budget_min}: must be positive (minutes, e.g. budget_min=25)")
     if cfg.repeats < 1:
         raise ConfigError(f"repeats={cfg.repeats}: must be at least 1")
     by_name(cfg.steps)
@@ -129,7 +107,7 @@ def tiny_cifar(root: Path) -> Path:
 
 
 def registered_models(value: str) -> tuple[str, list[str]]:
-    """A `models=` list with the names the registry does not hold dropped (globs kept), and the dropped."""
+    """A `model.name=` list with the names the registry does not hold dropped (globs kept), and the dropped."""
     from harness.models import list_models
 
     known = set(list_models())
@@ -146,11 +124,11 @@ def command(step: Step, ctx: dict, smoke: bool) -> tuple[list[str], str]:
     args, note = [], ""
     for a in step.args + (step.smoke if smoke else ()):
         a = a.format(**ctx)
-        if a.startswith("models=") and a != "models=":
-            kept, dropped = registered_models(a[len("models="):])
+        if a.startswith("model.name=") and a != "model.name=":
+            kept, dropped = registered_models(a[len("model.name="):])
             if dropped:
                 note = f"not in the model registry, left out: {', '.join(dropped)}"
-            a = "models=" + kept
+            a = "model.name=" + kept
         args.append(a)
     return [sys.executable, "-m", step.module, *args], note
 
@@ -215,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     from harness.provenance import provenance
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_args(CampaignConfig, flags_to_keys(argv), prog="python -m harness.campaign", usage=USAGE)
+    cfg = parse_args(CampaignConfig, argv, prog="python -m harness.campaign", usage=USAGE)
     check(cfg)
     started = time.monotonic()
     selected = {s.name for s in by_name(cfg.steps)}
@@ -224,15 +202,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out or Path("docs") / "benchmarks" / (device["slug"] + ("-smoke" if cfg.smoke else "")))
     previous = report.load(out / "campaign.json")
     if (out / "campaign.json").exists() and not cfg.resume:
-        raise UserError(f"{out} already holds a campaign (campaign.json); continue it with --resume, or choose "
-                        "a new --out")
+        raise UserError(f"{out} already holds a campaign (campaign.json); continue it with resume=true, or "
+                        "choose a new out=DIR")
     if previous and previous.get("smoke") != cfg.smoke:
         raise UserError(f"{out} holds a {'smoke' if previous.get('smoke') else 'full-size'} campaign; resume it "
-                        f"with{'' if previous.get('smoke') else 'out'} --smoke, or choose a new --out")
+                        f"with smoke={'true' if previous.get('smoke') else 'false'}, or choose a new out=DIR")
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="campaign-cifar-")) if cfg.smoke else None
-    data_root = str(tiny_cifar(tmp)) if tmp else cfg.data_root
+    data_root = str(tiny_cifar(tmp)) if tmp else cfg.data.root
     ctx = {"data_root": data_root, "verify": "structure" if cfg.smoke else "official", "repeats": cfg.repeats}
     real_data = has_cifar10(data_root)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}

@@ -5,7 +5,7 @@ Arguments are templates: {dir} is the step's own output directory, {data_root} a
 files, {repeats} the speed recipe's run count. `smoke` arguments come after the full-size ones (later
 wins, as in every harness CLI) and shrink the step to seconds on a CPU. Priors are seconds on one H100
 SXM for the full size (from the tools' defaults: steps x repeats x rows, plus compile), and on a shared
-2-core CPU for --smoke; the budget rescales them by what the first steps actually took.
+2-core CPU for smoke=true; the budget rescales them by what the first steps actually took.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ ZOO_SETTINGS = "10 warm-up steps, median of 3 repeats of 30 timed steps"
 ZOO_COMPILED = ("mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true", "compile=true",
                 "latency=true")
 # inductor's CPU compile costs a minute per model on 2 cores (tests/test_bench.py covers it): eager here
-ZOO_COMPILED_SMOKE = ("models=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2", "compile=false")
+ZOO_COMPILED_SMOKE = ("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2", "compile=false")
 
-BENCH = ("out={dir}", "wandb=false", "progress=false")
+BENCH = ("out={dir}", "run.wandb=false", "run.progress=false")
 TRAIN = ("run.dir={dir}", "run.wandb=false", "run.progress=false", "data.root={data_root}",
          "data.verify={verify}")
 # weights, checkpoints, W&B files and the stale run lock: no figures, and 45 MB and more per run
@@ -44,7 +44,7 @@ class Step:
     args: tuple[str, ...]
     outputs: tuple[str, ...]  # files the step must leave in its directory
     gpu_s: float  # prior: seconds at full size on an H100
-    smoke_s: float  # prior: seconds at --smoke size on a 2-core CPU
+    smoke_s: float  # prior: seconds at smoke size on a 2-core CPU
     smoke: tuple[str, ...] = ()
     needs_data: bool = False  # meaningless on random images: not run without CIFAR-10 (full size only)
     settings: str = ""  # warm-up and repeats, for the report's header
@@ -55,33 +55,35 @@ class Step:
 
 STEPS = (
     Step("zoo", 1, "Zoo throughput, eager, every model", "harness.bench",
-         ("suite=zoo", "models=*", "mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true",
+         ("suite=zoo", "model.name=*", "mode=both", "batch_sizes=512", "precision=bf16", "channels_last=true",
           "compile=false", *ZOO, *BENCH),
          ("bench.json",), gpu_s=300, smoke_s=12,
-         smoke=("models=simple_cnn,lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2"),
+         smoke=("model.name=simple_cnn,lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=2"),
          settings=f"{ZOO_SETTINGS}; batch 512 halves on OOM"),
     # the compiled subset in two halves: each compile costs 0.5-1 min per model and mode, and one device
     # command may run 10 minutes at most, so a half is what one call can always finish
     Step("zoo-compiled", 1, "Zoo throughput, torch.compile, with batch-1 latency (first half)", "harness.bench",
-         ("suite=zoo", f"models={COMPILED[0]}", *ZOO_COMPILED, *ZOO, *BENCH),
+         ("suite=zoo", f"model.name={COMPILED[0]}", *ZOO_COMPILED, *ZOO, *BENCH),
          ("bench.json",), gpu_s=270, smoke_s=12, smoke=ZOO_COMPILED_SMOKE,
          settings=f"{ZOO_SETTINGS}; compile time stays in the warm-up"),
     Step("zoo-compiled-2", 1, "Zoo throughput, torch.compile, with batch-1 latency (second half)", "harness.bench",
-         ("suite=zoo", f"models={COMPILED[1]}", *ZOO_COMPILED, *ZOO, *BENCH),
+         ("suite=zoo", f"model.name={COMPILED[1]}", *ZOO_COMPILED, *ZOO, *BENCH),
          ("bench.json",), gpu_s=270, smoke_s=12, smoke=ZOO_COMPILED_SMOKE,
          settings=f"{ZOO_SETTINGS}; compile time stays in the warm-up"),
     Step("ladder", 2, "Optimisation ladder, resnet18", "harness.bench",
-         ("suite=zoo", "models=", "ladder=resnet18", "data.root={data_root}", *BENCH),
+         ("suite=zoo", "model.name=", "ladder=resnet18", "data.root={data_root}", *BENCH),
          ("bench.json",), gpu_s=180, smoke_s=15,
          smoke=("ladder=lenet5", "ladder_batch_size=16", "ladder_compile=false", "data.limit_train=256",
                 "num_workers=1", "steps=2", "warmup=1", "repeats=1"),
          settings="bench defaults (10 warm-up steps, median of 5 repeats of 50); the seeds' batch 128"),
     Step("data", 3, "Data path: torch vs DALI vs synthetic", "harness.bench",
-         ("suite=data", "backends=torch,dali,synthetic", "models=resnet18,airnet,simple_cnn",
+         # eager, as this figure has always been measured: compile=auto compiles on a GPU, once per model and
+         # backend (9 compiles at 0.5-1 min each), far past the step's 120 s; the figure compares loaders
+         ("suite=data", "backends=torch,dali,synthetic", "model.name=resnet18,airnet,simple_cnn", "compile=false",
           "data.root={data_root}", *BENCH),
          ("data_bench.json",), gpu_s=120, smoke_s=12,
-         smoke=("models=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
-         settings="data suite defaults: 10 warm-up steps, median of 3 repeats of 50 steps, batch 512"),
+         smoke=("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
+         settings="eager; data suite defaults: 10 warm-up steps, median of 3 repeats of 50 steps, batch 512"),
     Step("tta-speed94", 4, "Time to accuracy: the speed recipe, n runs", "harness.train",
          ("--config", "configs/speed94.yaml", "train.repeats={repeats}", *TRAIN),
          ("repeats.json",), gpu_s=240, smoke_s=15, needs_data=True, prune=RUN_LEFTOVERS,
@@ -95,7 +97,7 @@ STEPS = (
     Step("ddp", 5, "DDP overhead: one process with DDP against none", "harness.bench",
          ("suite=ddp", *BENCH),
          ("ddp_overhead.json",), gpu_s=40, smoke_s=10,
-         smoke=("models=lenet5", "batch_sizes=8", "steps=2", "warmup=1", "repeats=2"),
+         smoke=("model.name=lenet5", "batch_sizes=8", "steps=2", "warmup=1", "repeats=2"),
          settings="ddp suite defaults: 3 alternating rounds of plain and DDP blocks of 10 steps"),
 )
 

@@ -1,32 +1,26 @@
-"""`python -m harness.models [pattern=GLOB] [num_classes=N]`: table of registered models (params, forward
-GFLOPs per 32x32 image, seed source), optionally filtered by an fnmatch glob such as 'resnet*' (a bare
-glob, `python -m harness.models 'resnet*'`, works too)."""
+"""`python -m harness.models [GLOB] [num_classes=N]`: table of registered models (params, forward GFLOPs per
+32x32 image, seed source), optionally filtered by an fnmatch glob such as 'resnet*' (the bare word, or
+pattern=GLOB)."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 
-from harness.config import parse_args
+from harness.cli import parse_args, run_cli
 
 from . import list_models, model_facts
 
 
 @dataclass
 class ModelsOptions:
-    pattern: str = ""  # fnmatch glob, e.g. 'resnet*' ("": every model)
+    pattern: str = ""  # fnmatch glob, e.g. 'resnet*' ("": every model; the bare word on the command line)
     num_classes: int = 10  # classes of the head, for params and GFLOPs
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # a bare first word is the glob, as before the key=value convention; --num-classes N likewise
-    argv = [f"pattern={a}" if "=" not in a and not a.startswith("-") and i == 0 else a for i, a in enumerate(argv)]
-    if "--num-classes" in argv:
-        i = argv.index("--num-classes")
-        argv[i:i + 2] = [f"num_classes={argv[i + 1]}"] if i + 1 < len(argv) else argv[i:i + 1]
     args = parse_args(ModelsOptions, argv, prog="python -m harness.models",
-                      usage="python -m harness.models [pattern=GLOB] [num_classes=N]")
+                      usage="python -m harness.models [GLOB] [num_classes=N]", positional="pattern")
     args.pattern = args.pattern or None
 
     names = list_models(args.pattern)
@@ -62,6 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from harness.config import run_cli
-
     raise SystemExit(run_cli(main))

@@ -85,6 +85,19 @@ class Checkpoints:
         self.acc.register_save_state_pre_hook(save_hook)
         self.acc.register_load_state_pre_hook(load_hook)
 
+    def restore(self, resume: str, raw_model: torch.nn.Module, objects) -> Path | None:
+        """Make every save hold `raw_model` (`attach`) and `objects` (TrainState, EMA, Lookahead: anything with
+        state_dict/load_state_dict; None skipped), then load train.resume's checkpoint, if any, into all of
+        them and the optimiser and RNG states. Returns the checkpoint loaded, or None."""
+        self.attach(raw_model)
+        for obj in objects:
+            if obj is not None:
+                self.acc.register_for_checkpointing(obj)
+        path = resolve_resume(resume, self)
+        if path is not None:
+            self.acc.load_state(str(path))
+        return path
+
     def _complete(self, path: Path) -> bool:
         return (path / "COMPLETE").is_file()
 

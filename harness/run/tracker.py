@@ -1,7 +1,8 @@
 """Tracking: metrics.jsonl and the W&B run, written by rank 0 from one place.
 
 One run directory is one W&B run (its id in `run.dir/wandb_id`). W&B runs offline unless credentials are
-configured (`wandb_mode`), so nothing ever waits on a login prompt or the network.
+configured (`wandb_mode`), so nothing ever waits on a login prompt or the network. What the rows hold and
+their W&B names are the metrics schema's (harness/run/metrics.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import secrets
 import string
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from harness.run.metrics import WANDB_SUMMARIES, to_wandb
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -50,41 +53,6 @@ def _wandb_settings_base_url() -> str | None:
     return parser.get("default", "base_url", fallback=None)
 
 
-# metrics.jsonl row key -> W&B key, per row kind. Step rows are interval means over run.log_every steps, epoch
-# rows whole-epoch values: the two train losses are different quantities, so they get different keys.
-WANDB_KEYS = {
-    "step": {"step": "train/global_step", "epoch": "train/epoch", "loss": "train/loss", "train_acc": "train/acc",
-             "lr": "train/lr", "images_per_s": "perf/images_per_s",
-             "images_per_s_per_device": "perf/images_per_s_per_device", "step_ms": "perf/step_ms",
-             "data_ms": "perf/data_ms", "peak_mem_mb": "perf/peak_mem_mb", "time_s": "perf/time_s"},
-    "epoch": {"step": "train/global_step", "epoch": "train/epoch", "train_loss": "train/epoch_loss",
-              "train_acc": "train/epoch_acc", "lr": "train/lr", "val_acc": "val/acc", "val_loss": "val/loss",
-              "test_acc": "test/acc", "test_loss": "test/loss", "epoch_s": "perf/epoch_s",
-              "images_per_s": "perf/epoch_images_per_s", "train_s": "perf/train_s"},
-}
-# W&B summary aggregates: validation picks the model (its best is what a sweep compares); test is reported
-# as it is at the end, never maximised over epochs (that would select on the test set). Throughput's summary
-# is summary.json's train_images_per_s (the median epoch after the first, which holds compilation), not an
-# aggregate of the step rows.
-WANDB_SUMMARIES = {"val/acc": "max,last", "val/loss": "min,last", "train/loss": "min,last",
-                   "train/epoch_loss": "min,last", "train/epoch_acc": "max,last", "test/acc": "last",
-                   "test/loss": "last"}
-
-
-def wandb_key(kind: str, key: str) -> str:
-    """The W&B name of a metrics.jsonl key: train/, val/, test/ or perf/ (a key added to the rows later
-    lands in perf/ when it is a time, rate or size, else in train/)."""
-    known = WANDB_KEYS.get(kind, {}).get(key)
-    if known:
-        return known
-    for split in ("val", "test"):
-        if key.startswith(split + "_"):
-            return f"{split}/{key[len(split) + 1:]}"
-    if key.endswith(("_s", "_ms", "_mb", "_per_s", "_per_device")):
-        return f"perf/{key}"
-    return f"train/{key.removeprefix('train_')}"
-
-
 class Tracker:
     """Rank-0 I/O: metrics.jsonl and the W&B run (through accelerate's tracker).
 
@@ -119,9 +87,7 @@ class Tracker:
         self._file.write(json.dumps(row, default=float) + "\n")
         self._file.flush()
         if self.run is not None:
-            kind = row.get("kind", "step")
-            self.acc.log({wandb_key(kind, k): v for k, v in row.items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            self.acc.log(to_wandb(row))
 
     def summary(self, summary: dict) -> None:
         """The run's final numbers, everything summary.json holds, into the W&B run summary under the same
@@ -129,10 +95,15 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(summary)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """Close metrics.jsonl and finish the W&B run with the process's exit code (non-zero: W&B marks the
+        run failed; a run stopped by a signal is resumed into the same W&B run)."""
         if self._file:
             self._file.close()
             self._file = None
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:

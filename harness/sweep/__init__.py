@@ -3,9 +3,8 @@
     python -m harness.sweep configs/sweeps/X.yaml [dry_run=true] [launcher=local|slurm|wandb]
                             [out=DIR] [index=I] [training.key=value ...]
 
-The sweep's own options are key=value like every harness CLI (`--help` lists them; the old --dry-run,
---launcher, --out and --index flags still work); any other key=value is a training override added to
-every run.
+The sweep's own options are key=value like every harness CLI (harness/cli.py; `--help` lists them,
+`--out DIR` is out=DIR); any other key=value is a training override added to every run.
 
 A sweep file loads into `Sweep` below and is checked like any config (unknown keys name themselves):
 

@@ -1,5 +1,5 @@
 """`python -m harness.sweep`: see harness/sweep/__init__.py."""
-from harness.config import run_cli
+from harness.cli import run_cli
 from harness.sweep.cli import main
 
 if __name__ == "__main__":

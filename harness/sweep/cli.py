@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import config as C
+from harness.cli import parse_known_args
 from harness.errors import UserError
 from harness.sweep.local import local_accelerate, run_local, visible_gpus
 from harness.sweep.slurm import submit_slurm
@@ -14,13 +15,11 @@ from harness.sweep.spec import expand, load_sweep, points, train_command
 from harness.sweep.wandb_launcher import write_wandb
 
 USAGE = "python -m harness.sweep SWEEP.yaml [dry_run=true] [launcher=local|slurm|wandb] [out=DIR] [index=I] [training.key=value ...]"
-# the flags of the argparse CLI this replaced, still accepted: flag -> (key, takes a value)
-OLD_FLAGS = {"--dry-run": ("dry_run", False), "--launcher": ("launcher", True), "--out": ("out", True),
-             "--index": ("index", True)}
 
 
 @dataclass
 class SweepOptions:
+    sweep: str = ""  # the sweep file, e.g. configs/sweeps/smoke.yaml (required; the bare word on the command line)
     launcher: str = C.choices("", "local", "slurm", "wandb", default="")  # "": the sweep file's `launcher` (default local)
     dry_run: bool = False  # print one command per run; run nothing
     out: str = ""  # sweep directory ("": the sweep's `out`, else runs/sweeps/<name>)
@@ -28,15 +27,12 @@ class SweepOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    paths, own, overrides = C.split_cli(list(sys.argv[1:] if argv is None else argv), SweepOptions, OLD_FLAGS)
-    opts = C.parse_args(SweepOptions, own, prog="python -m harness.sweep", usage=USAGE)
-    if len(paths) != 1:
-        raise C.ConfigError(f"expected one sweep file, got {paths or 'none'}; usage: {USAGE} (the sweeps are "
-                            f"in configs/sweeps/; overrides are key=value)")
-    path = paths[0]
-    sweep = load_sweep(path, opts.out or None)
+    opts, overrides = parse_known_args(SweepOptions, argv, prog="python -m harness.sweep", usage=USAGE,
+                                       positional="sweep")
+    if not opts.sweep:
+        raise C.ConfigError(f"name a sweep file; usage: {USAGE} (the sweeps are in configs/sweeps/; overrides "
+                            f"are key=value)")
+    sweep = load_sweep(opts.sweep, opts.out or None)
     launcher = opts.launcher or sweep.launcher
     every = expand(sweep, overrides)
     keys = points(sweep)[0]

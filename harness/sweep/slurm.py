@@ -57,7 +57,7 @@ def submit_slurm(sweep: Sweep, runs: list[Run], selected: list[Run], dry_run: bo
         return
     if shutil.which("sbatch") is None:
         raise UserError(f"sbatch is not on PATH: the slurm launcher submits from a Slurm login node. The run "
-                        f"commands are in {commands_file}; --dry-run prints the sbatch command(s).")
+                        f"commands are in {commands_file}; dry_run=true prints the sbatch command(s).")
     for job in jobs:
         proc = subprocess.run(job, cwd=REPO, capture_output=True, text=True)
         if proc.returncode:

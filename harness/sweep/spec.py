@@ -82,7 +82,7 @@ class Run:
             return None
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if keys[4:] else "")
         return (f"{saved} was written for another config ({changes}); move that run directory away or give "
-                f"the sweep another --out")
+                f"the sweep another out=DIR")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def repo_path(path: str | Path) -> str:
 def expand(sweep: Sweep, cli_overrides: list[str] | None = None) -> list[Run]:
     """Every run of the sweep, each validated by building its training Config."""
     from harness.models import list_models
-    from harness.train import check_config  # the trainer's own checks (batch divisible by processes, ...)
+    from harness.training.checks import check_config  # the trainer's own checks (batch divisible by processes, ...)
 
     fixed = flatten(sweep.overrides)
     for text in cli_overrides or []:

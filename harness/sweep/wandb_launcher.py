@@ -24,7 +24,7 @@ def wandb_definition(sweep: Sweep, runs: list[Run], keys: list[str]) -> dict:
     gpus = {r.gpus for r in runs}
     if len(gpus) > 1:
         raise C.ConfigError(f"sweep {sweep.name}: the wandb launcher starts every run the same way; it cannot "
-                            f"vary gpus (use --launcher local or slurm)")
+                            f"vary gpus (use launcher=local or launcher=slurm)")
     gpus = gpus.pop()
     fixed = flatten(sweep.overrides)
     params: dict[str, dict] = {}

@@ -22,6 +22,7 @@ import torch
 
 class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
+        # kept for use on its own (tests, notebooks): a run's train.ema is checked by training/checks.py first
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay

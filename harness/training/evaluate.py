@@ -1,4 +1,5 @@
-"""Evaluation: exact accuracy and loss over all processes, with optional test-time augmentation.
+"""Evaluation: exact accuracy and loss over all processes, with optional test-time augmentation (train.tta:
+none, flip or flip_translate). The one evaluation: the loop, its stop path and its final summary call it.
 
 Exact across ranks: evaluation loaders pad the last batch with label -1 (never counted) so every rank
 runs the same number of equal-shape batches, and the per-class counts are summed over ranks: no sample
@@ -35,10 +36,10 @@ def tta_logits(model, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, num_classes: int, tta: str | bool = "none", should_stop=None) -> dict:
-    """{'acc', 'loss', 'n', 'per_class'} of `model` over `loader`. `should_stop()` is asked after every
-    batch (it must give every rank the same answer at the same batch); True raises Interrupted."""
-    tta = {True: "flip", False: "none"}.get(tta, tta)  # train.tta_flip's boolean: flip or none
+def evaluate(model, loader, accelerator, num_classes: int, tta: str = "none", should_stop=None) -> dict:
+    """{'acc', 'loss', 'n', 'per_class'} of `model` over `loader` with train.tta's views. `should_stop()` is
+    asked after every batch (it must give every rank the same answer at the same batch); True raises
+    Interrupted."""
     was_training = model.training
     model.eval()
     dev = accelerator.device
@@ -65,12 +66,15 @@ def evaluate(model, loader, accelerator, num_classes: int, tta: str | bool = "no
             "per_class": (correct / total.clamp(min=1)).tolist()}
 
 
-def evaluate_all(model, ema, loaders: dict, accelerator, num_classes: int, cfg, should_stop=None) -> dict:
-    """Every evaluation split ('val', 'test'): the EMA weights when EMA is on (they are the ones the run
-    reports and exports), else the model."""
+def evaluate_all(model, ema, loaders: dict, accelerator, num_classes: int, tta: str = "none",
+                 should_stop=None) -> dict | None:
+    """`evaluate` on every split ('val', 'test'): the EMA weights when EMA is on (they are the ones the run
+    reports and exports), else the model. None when `should_stop` cut it short (a resumed run redoes it)."""
     if ema is not None:
         ema.sync(accelerator)
     net = ema.module if ema is not None else model
-    tta = cfg.train.tta if cfg.train.tta != "none" else ("flip" if cfg.train.tta_flip else "none")
-    return {name: evaluate(net, loader, accelerator, num_classes, tta, should_stop)
-            for name, loader in loaders.items()}
+    try:
+        return {name: evaluate(net, loader, accelerator, num_classes, tta, should_stop)
+                for name, loader in loaders.items()}
+    except Interrupted:
+        return None

@@ -12,7 +12,7 @@ skip connections. `GradNorms(model, path)` answers it cheaply enough to leave on
     norm], ...]}. `python -m harness.report` draws norm against depth per model and over training.
 
 `norms_once(model, images, labels)` is the same measurement for one batch, outside training (the test at
-initialisation, a notebook).
+initialisation, a notebook), through the loop's own step (harness/training/step.py) on the bare model.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from harness.training.step import train_step
 
 
 def weight_layers(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> list[tuple[str, nn.Module]]:
@@ -99,7 +100,7 @@ def norms_once(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     """[[name, depth, norm], ...] of one forward/backward pass of cross-entropy on (images, labels)."""
     tracker = GradNorms(model)
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(images), labels).backward()
+    train_step(model, images, labels, None)
     tracker.accumulate()
     model.zero_grad(set_to_none=True)
     return tracker.read()

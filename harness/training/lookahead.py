@@ -17,6 +17,7 @@ import torch
 
 class Lookahead:
     def __init__(self, model: torch.nn.Module, every: int, decay: float = 0.95**5):
+        # kept for use on its own: a run's train.lookahead_every is checked by training/checks.py first
         if every < 1:
             raise ValueError(f"Lookahead needs every >= 1, got {every}")
         self.every, self.decay, self._model = every, decay, model

@@ -11,11 +11,16 @@ The rules:
   * An explicit config value that contradicts an explicit launcher value is an error naming both.
 accelerate's "no" (its default when nothing was passed) counts as "named nothing": an explicit fp32 or
 eager run is asked for in the config.
+
+`make_accelerator(cfg)` applies the rules and builds the run's one Accelerator from them.
 """
 from __future__ import annotations
 
 import os
 
+import torch
+
+from harness import config as C
 from harness.config import ConfigError
 
 _LAUNCHER_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}
@@ -63,3 +68,20 @@ def resolve_compile(value, *, cuda: bool, env=None) -> tuple[bool, str]:
         raise ConfigError(f"train.compile=false but the launcher says --dynamo_backend {named}: choose one. Set "
                           f"train.compile=auto to follow the launcher, or launch without --dynamo_backend.")
     return bool(value), (named or "inductor")
+
+
+def make_accelerator(cfg: C.Config):
+    """The run's Accelerator: precision and compilation resolved from the config and the launcher (written
+    back into `cfg`, so config.yaml records what ran), topology from the launcher, W&B when run.wandb."""
+    from accelerate import Accelerator
+    from accelerate.utils import TorchDynamoPlugin
+
+    cuda = torch.cuda.is_available()
+    t = cfg.train
+    t.precision = resolve_precision(t.precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    t.compile, dynamo_backend = resolve_compile(t.compile, cuda=cuda)
+    dynamo = TorchDynamoPlugin(backend=dynamo_backend if t.compile else "no", mode=t.compile_mode if t.compile else None)
+    # cpu=True on a machine without CUDA: under a multi-process launcher accelerate then forms a gloo
+    # process group (without it, each process silently trains alone as world size 1)
+    return Accelerator(mixed_precision="no" if t.precision == "fp32" else t.precision, cpu=not cuda,
+                       dynamo_plugin=dynamo, log_with="wandb" if cfg.run.wandb else None)

@@ -1,17 +1,19 @@
-"""The one training step: what the loop, the compile warm-up run and the benchmark all run, so a benchmark
-times exactly the step training takes.
+"""The one training step: what the loop, the compile warm-up run, the gradient-flow measurement and the
+benchmark all run, so a benchmark times exactly the step training takes.
 
     stats = train_step(model, x, y, accelerator, loss_fn, divisor=group, sync=sync)   # forward + backward
     optimizer_step(optimizer, model, accelerator, grad_clip)                        # clip, step, zero_grad
 
 `train_step` is the micro-batch: forward under autocast, the loss in fp32, backward of loss / `divisor`
-(the accumulation group's size, so a group's gradient is its mean, a short last group's too), under
-DDP's `no_sync` when this micro-batch does not end its group (its gradients stay local, no all-reduce).
-It returns the micro-batch's [loss x images, correct] as a device tensor: no host sync, the loop sums it
-and reads it at log intervals only. `optimizer_step` is what happens once per group.
+(the accumulation group's size, `accum_divisor`, so a group's gradient is its mean, a short last group's
+too), under DDP's `no_sync` when this micro-batch does not end its group (its gradients stay local, no
+all-reduce). It returns the micro-batch's [loss x images, correct] as a device tensor: no host sync, the
+loop sums it and reads it at log intervals only. `optimizer_step` is what happens once per group.
 
 The autocast context is accelerate's (the run's precision) unless `autocast` is given: the benchmark sweeps
-precisions in one process, so it passes its row's own.
+precisions in one process, so it passes its row's own. `accelerator=None` is a bare model outside
+accelerate (gradflow's one-batch measurement, a benchmark's probe before `prepare`): a plain backward, no
+DDP, no autocast unless given.
 """
 from __future__ import annotations
 
@@ -27,15 +29,32 @@ def cross_entropy(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
+def accum_divisor(batch: int, batches: int, grad_accum: int) -> int:
+    """How many micro-batches the accumulation group of micro-batch `batch` (0-based, of `batches` in the
+    epoch) holds: `grad_accum`, except a shorter last group, whose gradient is then still a mean."""
+    group_start = batch - batch % grad_accum
+    return min(grad_accum, batches - group_start)
+
+
+def ends_group(batch: int, batches: int, grad_accum: int) -> bool:
+    """Does micro-batch `batch` end its accumulation group (so the optimiser steps after it)?"""
+    return (batch + 1) % grad_accum == 0 or batch + 1 == batches
+
+
 def train_step(model, x: torch.Tensor, y: torch.Tensor, accelerator, loss_fn=None, *, divisor: int = 1,
                sync: bool = True, autocast=None) -> torch.Tensor:
     """Forward and backward of one micro-batch; returns [loss x len(y), correct] on the device."""
     loss_fn = loss_fn or cross_entropy()
-    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-        with autocast() if autocast is not None else accelerator.autocast():
+    bare = accelerator is None
+    with contextlib.nullcontext() if sync or bare else accelerator.no_sync(model):
+        cast = autocast() if autocast is not None else contextlib.nullcontext() if bare else accelerator.autocast()
+        with cast:
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        accelerator.backward(loss / divisor)
+        if bare:
+            (loss / divisor).backward()
+        else:
+            accelerator.backward(loss / divisor)
     return torch.stack([loss.detach() * len(y), (logits.detach().argmax(1) == y).sum().float()])
 
 

@@ -10,8 +10,10 @@ filters, each eigenvector and its negative so that the GELU after it passes both
 How this generalises to any model: the first `nn.Conv2d` with 3 input channels is whitened; its filter
 j is ±eigenvector (j mod d) (d = 3k², largest eigenvalue first, + for the first d filters, - for the
 next d, and so on), so a conv with fewer than d filters keeps the d' highest-variance directions. The
-weights are then frozen (requires_grad off, as airbench): they are a fixed change of coordinates, and a
-whitened filter trained at the body's lr would quickly lose its scale. The bias is left as it is.
+weights are then frozen (harness/training/freeze.py, as airbench): they are a fixed change of coordinates,
+and a whitened filter trained at the body's lr would quickly lose its scale. The bias is left as it is; with
+model.whiten_bias_epochs it trains for those first epochs only (`bias_step_limit`, the optimiser's step
+limit).
 
 Deterministic on every rank: the covariance comes from the first `n_images` training images on the CPU
 in float64, so every process writes the same filters (DDP also broadcasts them).
@@ -24,6 +26,7 @@ from torch import nn
 
 from harness.data.loaders import normalise
 from harness.errors import UserError
+from harness.training.freeze import freeze
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -74,5 +77,13 @@ def init_whitening(model: nn.Module, images_nhwc: np.ndarray | torch.Tensor, eps
     cov = patch_covariance(normalise(images_nhwc[:n_images], torch.float64), kernel)
     w = whitening_filters(cov, conv.out_channels, kernel, conv.in_channels, eps)
     conv.weight.copy_(w.to(conv.weight.dtype))
-    conv.weight.requires_grad_(False)
+    freeze([conv.weight])
     return conv
+
+
+def bias_step_limit(conv: nn.Conv2d | None, epochs: float, steps_per_epoch: int) -> list[tuple[nn.Parameter, int]]:
+    """model.whiten_bias_epochs as the optimiser's step limit: [(the whitened conv's bias, its last step)],
+    or [] when there is no whitened conv, no bias or no limit (airbench trains it for 3 epochs)."""
+    if conv is None or conv.bias is None or epochs <= 0:
+        return []
+    return [(conv.bias, max(1, round(epochs * steps_per_epoch)))]
