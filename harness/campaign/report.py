@@ -430,7 +430,7 @@ def write(out: Path, c: dict, plot: str | None) -> None:
     tables.write_csv(out / "steps.csv", c["steps"], STEP_COLUMNS)
     rows = zoo_rows(out)[0]
     if rows:
-        tables.write_csv(out / "zoo.csv", rows, ZOO_COLUMNS)
+        tables.write_csv(out / "zoo.csv", [{**r, "flags": sanity.text(r.get("flags"))} for r in rows], ZOO_COLUMNS)
     tmp = out / ".report.md.tmp"
     tmp.write_text(to_markdown(out, c))
     tmp.replace(out / "report.md")
