@@ -244,13 +244,7 @@ def test_parsing_and_suite_defaults():
     with pytest.raises(UserError, match="precision"):
         specs.sweep_specs(BenchConfig(precision="fp32,fp16"))
     cpu = specs.resolve_defaults(BenchConfig(suite="data"), "cpu")
-    assert (cpu.model.name, cpu.batch_sizes, cpu.compile) == ("simple_cnn", "32", "auto")  # small on a CPU
-    # the data suite's compile=auto: each model's recipe, resolved as training resolves it (off on a CPU)
-    from harness.bench.data_suite import recipe_compile
-
-    assert recipe_compile("resnet18", cpu, torch.device("cpu"))[0] is False
-    assert recipe_compile("resnet18", cpu, torch.device("cuda")) == (True, "default")
-    assert recipe_compile("resnet18", BenchConfig(compile=False), torch.device("cuda"))[0] is False
+    assert (cpu.model.name, cpu.batch_sizes, cpu.compile) == ("simple_cnn", "32", False)  # small on a CPU
     gpu = specs.resolve_defaults(BenchConfig(suite="data"), "cuda")
     assert (gpu.model.name, gpu.batch_sizes) == ("resnet18,simple_cnn", "512")
     zoo = specs.resolve_defaults(BenchConfig(model=specs.BenchModel(""), ladder="lenet5", steps=3, warmup=0), "cpu")
@@ -328,7 +322,7 @@ def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
     synthetic = next(r for r in result["training"] if r["backend"] == "synthetic")
     rounds = [a / b for a, b in zip(torch_row["rounds_images_per_s"], synthetic["rounds_images_per_s"])]
     assert torch_row["vs_synthetic"] == pytest.approx(sum(rounds) / 2)  # the median of two rounds' ratios
-    assert torch_row["compile"] is False  # simple_cnn's recipe on a CPU: eager, as training runs it
+    assert torch_row["compile"] is False  # compile=auto on a CPU: eager, as training runs it
     md = (tmp_path / "data_bench.md").read_text()
     assert md.startswith("# Data-pipeline benchmark") and "vs synthetic" in md and md in proc.stdout
     assert "(n=2, min–max" in md

@@ -57,8 +57,8 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     from accelerate.utils import broadcast_object_list
 
     from harness import sanity
-    from harness.bench.measure import Context, add_scaling, add_speedups, make_accelerator, measure_group
-    from harness.bench.outputs import COLUMNS, plot_images_per_s, plot_ladder, to_markdown, write_csv
+    from harness.bench.measure import Context, add_speedups, make_accelerator, measure_group
+    from harness.bench.outputs import write_csv
     from harness.bench.peaks import device_peaks
     from harness.bench.sources import num_workers
     from harness.bench.specs import group_specs
@@ -119,8 +119,25 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
                 progress.write(f"{spec}: {row['error']}")
             sanity.warn(spec, row.get("flags"))
     progress.close()
-    if not main_proc:
-        return rows
+    if main_proc:
+        write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name)
+    # every rank ends together and leaves its process group cleanly: a rank that exits while another still
+    # writes once aborted in gloo's teardown ("terminate called without an active exception")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    failed = [r for r in rows if r.get("error")]
+    if failed and main_proc:
+        raise UserError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(sorted({r['model'] for r in failed}))}); "
+                        f"see the error column of {out / names['csv']}")
+    return rows
+
+
+def write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name) -> None:
+    """The main process's files at the end: scaling efficiency and its checks, plots, CSV, JSON, report."""
+    from harness import sanity
+    from harness.bench.measure import add_scaling
+    from harness.bench.outputs import COLUMNS, plot_images_per_s, plot_ladder, to_markdown, write_csv
+    from harness.tables import write_json
 
     if world > 1:
         env["scaling_note"] = add_scaling(rows, Path(cfg.baseline) if cfg.baseline else out / "bench.csv")
@@ -145,8 +162,3 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
         run.finish()
     print(report)
     print(f"wrote {', '.join(str(out / n) for n in names_written.values())}", file=sys.stderr)
-    failed = [r for r in rows if r.get("error")]
-    if failed:
-        raise UserError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(sorted({r['model'] for r in failed}))}); "
-                        f"see the error column of {out / names['csv']}")
-    return rows

@@ -6,9 +6,9 @@ survives real data compared with synthetic batches already on the device (the mo
 Two measurements per batch size, each after `warmup` untimed steps of every backend:
   1. loader alone: images/s of iterating training batches (augmentation as in training);
   2. training step: the trainer's step (harness.training.step) of each model fed by each backend, the
-     way training runs it (cudnn.benchmark on; compile and its mode from the model's recipe,
-     configs/zoo/<model>.yaml, unless compile= says otherwise), and the ratio real-data / synthetic
-     (1.0: the data path costs nothing; lower: the model waits for data).
+     way training runs it (cudnn.benchmark on; compile=auto decided by training's own rule,
+     harness.training.precision.resolve_compile: on a GPU, off on a CPU, or what the launcher named),
+     and the ratio real-data / synthetic (1.0: the data path costs nothing; lower: the model waits for data).
 The backends of one measurement are timed in alternating rounds (`repeats` rounds, one block of `steps`
 steps of each backend per round, the order reversed every other round: harness.bench.measure.round_order),
 so a drift in the machine's load hits every backend alike; images/s is the median round with n and the
@@ -31,7 +31,6 @@ from harness.bench.outputs import rate
 from harness.bench.sources import Images, harness_loader
 from harness.bench.specs import BenchConfig, parse_ints, precisions, resolve_models, split
 from harness.errors import UserError
-from harness.provenance import REPO
 from harness.stats import spread, summarize
 from harness.tables import write_json
 from harness.timing import time_steps
@@ -55,20 +54,6 @@ def resolve_backends(cfg: BenchConfig, device: torch.device) -> tuple[list[str],
     if not backends:
         raise UserError("backends: nothing to run; e.g. backends=torch,synthetic")
     return backends, notes
-
-
-def recipe_compile(model: str, cfg: BenchConfig, device: torch.device) -> tuple[bool, str]:
-    """(compile?, mode) as training runs `model`: compile=true/false as asked, or with compile=auto the
-    model's recipe (configs/zoo/<model>.yaml, else the training config's defaults), resolved the way
-    harness.train resolves it (auto: on a GPU, off on a CPU, or what the launcher named)."""
-    from harness import config as C
-    from harness.training.precision import resolve_compile
-
-    if cfg.compile != "auto":
-        return bool(cfg.compile), cfg.compile_mode
-    recipe = REPO / "configs" / "zoo" / f"{model}.yaml"
-    train = C.load(C.Config, recipe if recipe.is_file() else None, []).train
-    return resolve_compile(train.compile, cuda=device.type == "cuda")[0], train.compile_mode
 
 
 def timed_rounds(steps: dict[str, Callable[[], None]], cfg: BenchConfig, device: torch.device) -> dict[str, list[float]]:
@@ -141,7 +126,7 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
         write_json(out / "data_bench.json", result)
         progress.update(1, row=f"loaders b{batch_size}")
         for name in models:
-            compiled, mode = recipe_compile(name, cfg, device)
+            compiled, mode = bool(cfg.compile), cfg.compile_mode
             steps, its = {}, []
             for backend in backends:
                 torch.manual_seed(cfg.run.seed)  # every backend's model starts from the same weights
@@ -205,7 +190,7 @@ def to_markdown(result: dict) -> str:
     d = cfg["data"]
     lines = [f"# Data-pipeline benchmark on {result['device']}", "",
              f"Data: {result['data']}. {cfg['precision']}, channels_last={cfg['channels_last']}, "
-             f"compile={cfg['compile']} (auto: each model's recipe), augment={d['augment']} (padding "
+             f"compile={cfg['compile']} (as training decides it), augment={d['augment']} (padding "
              f"{d['crop_padding']}, cutout {d['cutout']}); {result['method']}; launched by {result.get('launcher')}.",
              ""]
     lines += [f"Note: {n}." for n in result.get("notes", [])]

@@ -41,7 +41,7 @@ class BenchConfig:
     batch_sizes: str = "auto"  # comma list; images per process (N processes see N x this per step); auto: zoo 128, data 512 on a GPU and 32 on a CPU, ddp 32
     precision: str = "bf16"  # fp32, bf16, or a comma list to sweep (fp32,bf16); suite=ddp runs fp32
     channels_last: bool = True
-    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: as in training (train.compile): the launcher's --dynamo_backend, else on for a GPU, off for a CPU (harness.training.precision.resolve_compile); suite=data: each model's recipe (configs/zoo/<model>.yaml) resolved the same way; suite=ddp runs eager
+    compile: bool | str = choices(True, False, "auto", default="auto")  # torch.compile; auto: as in training (train.compile): the launcher's --dynamo_backend, else on for a GPU, off for a CPU (harness.training.precision.resolve_compile), so the data suite measures every model as training runs it; suite=ddp runs eager
     compile_mode: str = choices("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                                 default="default")
     mode: str = choices("train", "infer", "both", default="both")  # suite=zoo
@@ -65,7 +65,7 @@ class BenchConfig:
 
 # Each suite's defaults for the keys left at auto/0/-1; the data suite's CPU defaults finish in well under
 # a minute on a 2-core CPU (resnet18 at batch 512 did not finish in five). compile=auto is not a suite
-# default: it follows training's rule (resolve_defaults; for the data suite, each model's recipe).
+# default: it follows training's rule (resolve_defaults).
 SUITE_DEFAULTS = {
     ("zoo", "cuda"): {"model.name": "resnet18", "batch_sizes": "128", "steps": 50, "warmup": 10, "repeats": 5},
     ("data", "cuda"): {"model.name": "resnet18,simple_cnn", "batch_sizes": "512", "steps": 50, "warmup": 10,
@@ -91,7 +91,7 @@ def resolve_defaults(cfg: BenchConfig, device_type: str) -> BenchConfig:
     for key, marker in {"batch_sizes": "auto", "steps": 0, "warmup": -1, "repeats": 0}.items():
         if getattr(cfg, key) == marker:
             setattr(cfg, key, d[key])
-    if cfg.compile == "auto" and cfg.suite != "data":  # the data suite: each model's recipe (data_suite.recipe_compile)
+    if cfg.compile == "auto":
         cfg.compile = resolve_compile("auto", cuda=device_type == "cuda")[0]
     return cfg
 
