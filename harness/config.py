@@ -44,6 +44,7 @@ class ModelConfig:
     whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
     whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
     whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
+    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
 
 
 @dataclass
@@ -68,6 +69,12 @@ class DataConfig:
     drop_last: bool = True  # training: drop the samples that do not fill a last global batch; false: fill it by wrapping around the epoch's order (evaluation never drops)
     synthetic_size: int = 50000  # images per epoch for backend=synthetic
     classes: list[int] = field(default_factory=list)  # keep only these class indices, relabelled 0..k-1 in this order ([]: all)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) (timm --mixup; 0: off): each training image becomes lam x_i + (1 - lam) x_j with its partner in the global batch, and the loader yields soft targets
+    cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) (timm --cutmix; 0: off): a box of the partner's image replaces the image's, lam recomputed from the clipped box; soft targets
+    mix_switch_prob: float = 0.5  # with both mixup and cutmix on: the probability that an image gets cutmix rather than mixup (timm --mixup-switch-prob)
+    mix_stop_epoch: int = 0  # no mixing from this (0-based) epoch on; the targets stay soft, one-hot (timm --mixup-off-epoch; 0: never stop)
+    randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off)
+    random_erasing: float = 0.0  # probability that a training image gets one rectangle erased to 0 after normalisation (torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3; timm --reprob; 0: off)
 
 
 @dataclass

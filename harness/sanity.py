@@ -116,6 +116,13 @@ def collect(*flags: Flag | None) -> list[str]:
     return [str(f) for f in flags if f is not None]
 
 
+def as_list(flags) -> list[str]:
+    """A row's flags as a list, whether read from JSON (a list) or from CSV (one "; "-joined cell)."""
+    if not flags:
+        return []
+    return list(flags) if isinstance(flags, (list, tuple)) else [f for f in str(flags).split("; ") if f]
+
+
 def text(flags) -> str:
     """A row's flags as one cell ("" when sound)."""
     if not flags:

@@ -66,6 +66,7 @@ def test_a_comparison_of_single_measurements_is_too_few():
 def test_flags_go_to_the_console_and_into_one_cell(capsys):
     flags = sanity.collect(sanity.efficiency(1.5), None, sanity.unstable(summarize([1.0, 5.0, 9.0])))
     assert len(flags) == 2 and sanity.text(flags).count("; ") == 1 and sanity.text([]) == ""
+    assert sanity.as_list(sanity.text(flags)) == flags and sanity.as_list("") == []  # a CSV cell back to a list
     sanity.warn("lenet5 x2", flags)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "FLAGGED lenet5 x2: impossible: efficiency 150% > 105%" and len(err) == 2

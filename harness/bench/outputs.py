@@ -230,13 +230,17 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
 
 
 def error_bars(rows: list[dict]):
-    """matplotlib's xerr/yerr (2 x n: below, above the bar) from each row's spread; None without one."""
-    if not any(r.get("images_per_s_low") is not None for r in rows):
+    """matplotlib's xerr/yerr (2 x n: below, above the bar) from each row's spread; None without one. Values
+    may be numbers or CSV text (a campaign step cut short leaves only bench.csv)."""
+    def f(r, key, default):
+        v = r.get(key)
+        return default if v in (None, "") else float(v)
+
+    if not any(r.get("images_per_s_low") not in (None, "") for r in rows):
         return None
-    return [[max(0.0, (r.get("images_per_s") or 0) - (r.get("images_per_s_low") or r.get("images_per_s") or 0))
-             for r in rows],
-            [max(0.0, (r.get("images_per_s_high") or r.get("images_per_s") or 0) - (r.get("images_per_s") or 0))
-             for r in rows]]
+    mid = [f(r, "images_per_s", 0.0) for r in rows]
+    return [[max(0.0, m - f(r, "images_per_s_low", m)) for m, r in zip(mid, rows)],
+            [max(0.0, f(r, "images_per_s_high", m) - m) for m, r in zip(mid, rows)]]
 
 
 def hatch_flagged(bars, rows: list[dict]) -> None:

@@ -19,11 +19,18 @@ def tta_logits(model, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """float32 logits averaged over the test-time views (train.tta): none: the image; flip: the image and
     its mirror; flip_translate: that pair at weight 1/2, plus the pairs shifted one pixel up-left and
     down-right (reflect padding) at 1/4 each: 6 views, airbench94's level-2 TTA."""
+
+    def logits(v: torch.Tensor) -> torch.Tensor:
+        # a copy, always (`.float()` copies a bf16 output but returns an fp32 one as it is): under the
+        # CUDA-graph compile modes (reduce-overhead, max-autotune) the output lives in a buffer the graph
+        # owns, and the next view's replay overwrites it before the views are summed
+        return model(v).to(torch.float32, copy=True)
+
     if tta == "none":
-        return model(x).float()
+        return logits(x)
 
     def pair(v: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model(v).float() + model(v.flip(3)).float())
+        return 0.5 * (logits(v) + logits(v.flip(3)))
 
     if tta == "flip":
         return pair(x)
