@@ -111,11 +111,9 @@ def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
                      seed=cfg.run.seed, rank=ctx.rank, world=ctx.world)
     autocast = row_autocast(spec.precision, device)
     inject = os.environ.get(INJECT_OOM_ENV) == str(ctx.rank) and batch_size == spec.batch_size
-    compiled = []
 
     def close():
         source.close()  # stops DataLoader workers now, not at garbage collection
-        compiled.clear()
 
     try:
         if spec.mode == "train":
