@@ -26,8 +26,13 @@ accuracy over epochs, which is chosen on the test set and therefore optimistic (
 accuracy on data.test_subset's images (test_exact.json: the packed test set's exact ones) with its size
 and 95% Wilson interval; "(first N)" marks a run evaluated with train.eval_limit. Time is training time (evaluation
 excluded, as harness.train measures it) beside wall time; images/s is the run's median epoch rate
-after the first (compilation) epoch (harness.run.metrics.throughput, the one definition). Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1).
-Rankings use validation accuracy (best_val_acc), never test; repeats are summarised by harness.stats.
+after the first (compilation) epoch (harness.run.metrics.throughput, the one definition), with n and its
+spread over those epochs. Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1), each ips the
+median of the epoch rates of every run at that N. Rankings use validation accuracy (best_val_acc), never
+test; repeats are summarised by harness.stats (accuracy intervals inside [0, 1], none from fewer than 3
+runs). Every figure passes harness.sanity first: an efficiency above 105%, a spread wider than half its
+median, a scaling pair measured with one run each (no spread to judge it by), or a scaling group whose runs
+had different threads per process or launchers is flagged in the table, in the console and in the plot.
 """
 from __future__ import annotations
 
@@ -40,9 +45,10 @@ from pathlib import Path
 
 import yaml
 
-from harness import tables
+from harness import sanity, tables
 from harness.cli import parse_args, run_cli
 from harness.errors import UserError
+from harness.stats import ACCURACY, format_median, summarize
 from harness.tables import markdown_table, num, write_csv
 
 RUN_MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "provenance.json", "launch.log")
@@ -51,7 +57,7 @@ CSV_COLUMNS = ["name", "status", "model", "dataset", "params", "gflops", "world_
                "test_top5", "test_images", "eval_limit", "test_subset", "test_subset_images", "test_subset_acc",
                "test_subset_ci95_low", "test_subset_ci95_high",
                "epochs_done", "epochs_planned", "train_s", "wall_s", "images_per_s", "images_per_s_per_device",
-               "target_acc", "time_to_target_s", "precision", "compile", "device", "source"]
+               "target_acc", "time_to_target_s", "precision", "compile", "device", "threads", "launcher", "source"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,6 +105,18 @@ def curve_facts(epochs: list[dict]) -> dict:
             "last_test_acc": rows[-1]["test_acc"] if rows else None, "epochs_done": len(rows)}
 
 
+def epoch_rates(epochs: list[dict]) -> list[float]:
+    """The epoch rates a run's images/s is the median of (harness.run.metrics.throughput: after the first,
+    compilation, epoch; the first alone when the run had one): the samples its n and spread come from."""
+    rates = [r["images_per_s"] for r in epochs if r.get("images_per_s")]
+    return rates[1:] or rates
+
+
+def run_rates(r: dict) -> list[float]:
+    """A record's throughput samples: its epoch rates, else its one images/s."""
+    return r.get("epoch_rates") or ([r["images_per_s"]] if r.get("images_per_s") else [])
+
+
 def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[dict], prov: dict | None = None) -> dict:
     """One run as the tables see it, from its summary (summary.json's keys, harness.run.metrics.SUMMARY_KEYS),
     its config and its epoch rows, whichever source they were read from (its directory or W&B). `status` is
@@ -126,6 +144,10 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
         **curve,
         # for grouping repeats (seed_groups): the config, its seed, and a latency where a benchmark wrote one
         "config": cfg, "seed": (cfg.get("run") or {}).get("seed"), "latency_ms": summary.get("latency_ms_p50"),
+        # like with like: threads per process and launcher (provenance.json), and the epoch rates the
+        # summary's images/s is the median of (after the first, compilation, epoch)
+        "threads": (prov.get("threads") or {}).get("torch_threads"), "launcher": prov.get("launcher"),
+        "epoch_rates": epoch_rates(epochs),
     }
     if summary and rec["best_test_acc"] is None:
         rec["best_test_acc"] = rec["final_test_acc"]
@@ -229,10 +251,10 @@ def architecture_table(records: list[dict]) -> str:
              pct(r.get("test_top5")), subset_cell(r),
              f"{pct(r['best_test_acc'])} (ep {r['best_test_epoch']})" if r["best_test_epoch"] else pct(r["best_test_acc"]),
              pct(r["test_acc_at_best_val"]), fmt_time(r["train_s"]), fmt_time(r["wall_s"]),
-             num(r["images_per_s"], ",.0f"), r["world_size"] or "-", r["name"]] for r in done]
+             format_median(summarize(run_rates(r))), r["world_size"] or "-", r["name"]] for r in done]
     return markdown_table(["model", "params (M)", "GFLOPs/img", "final test acc", "top-5",
-                           "test subset acc (n, 95% CI)", "best test acc (epoch)",
-                           "test acc @ best val", "train time", "wall time", "images/s", "processes", "run"], rows)
+                           "test subset acc (n, 95% CI)", "best test acc (epoch)", "test acc @ best val",
+                           "train time", "wall time", "images/s (n epochs, spread)", "processes", "run"], rows)
 
 
 def subset_cell(r: dict) -> str:
@@ -245,8 +267,10 @@ def subset_cell(r: dict) -> str:
 
 def scaling_rows(records: list[dict]) -> list[dict]:
     """Complete runs grouped by (model, per-process batch, precision, device); groups with more than one
-    world size become rows per world size: median images/s over repeats, speed-up and efficiency against
-    the smallest world size in the group (normally 1)."""
+    world size become rows per world size: the median of the epoch rates of every run at that size, with
+    n and the spread, speed-up and efficiency against the smallest world size in the group (normally 1),
+    and the checks (harness.sanity): efficiency above 105%, a spread wider than half the median, threads
+    per process or launcher differing from the baseline's."""
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in records:
         if r["status"] != "complete" or not r["world_size"] or not r["images_per_s"]:
@@ -259,25 +283,45 @@ def scaling_rows(records: list[dict]) -> list[dict]:
         if len(by_n) < 2:
             continue
         base_n = min(by_n)
-        base_ips = statistics.median(r["images_per_s"] for r in by_n[base_n])
+        base = summarize(x for r in by_n[base_n] for x in run_rates(r))
+        setting = lambda n, key: ", ".join(sorted({str(r.get(key)) for r in by_n[n]}))  # noqa: E731
         for n in sorted(by_n):
-            ips = statistics.median(r["images_per_s"] for r in by_n[n])
+            s = summarize(x for r in by_n[n] for x in run_rates(r))
+            ips = s["median"]
             ttt = [r["time_to_target_s"] for r in by_n[n] if r["time_to_target_s"] is not None]
+            efficiency = (ips / n) / (base["median"] / base_n)
+            flags = sanity.collect(
+                sanity.efficiency(efficiency), sanity.unstable(s, " images/s"),
+                sanity.single({f"{base_n} proc": base["n"], f"{n} proc": s["n"]}, "efficiency") if n != base_n else None,
+                sanity.unlike("threads per process", {f"{base_n} proc": setting(base_n, "threads"),
+                                                      f"{n} proc": setting(n, "threads")}),
+                sanity.unlike("launcher", {f"{base_n} proc": setting(base_n, "launcher"),
+                                           f"{n} proc": setting(n, "launcher")}))
             rows.append({"model": model, "batch_per_process": per_proc, "precision": precision, "device": device,
-                         "processes": n, "images_per_s": ips, "images_per_s_per_process": ips / n,
-                         "speedup": ips / base_ips, "efficiency": (ips / n) / (base_ips / base_n),
-                         "baseline_processes": base_n, "time_to_target_s": statistics.median(ttt) if ttt else None,
-                         "runs": ", ".join(r["name"] for r in by_n[n])})
+                         "processes": n, "images_per_s": ips, "n": s["n"], "images_per_s_min": s["min"],
+                         "images_per_s_max": s["max"], "images_per_s_p10": s["p10"], "images_per_s_p90": s["p90"],
+                         "images_per_s_per_process": ips / n, "speedup": ips / base["median"],
+                         "efficiency": efficiency, "baseline_processes": base_n,
+                         "threads_per_process": setting(n, "threads"), "launcher": setting(n, "launcher"),
+                         "time_to_target_s": statistics.median(ttt) if ttt else None,
+                         "flags": sanity.text(flags), "runs": ", ".join(r["name"] for r in by_n[n])})
     return rows
+
+
+def _stats(r: dict) -> dict:
+    """A scaling row's images/s as a summarize() dict (for harness.stats' formatting)."""
+    return {"n": r["n"], "median": r["images_per_s"], "min": r["images_per_s_min"], "max": r["images_per_s_max"],
+            "p10": r["images_per_s_p10"], "p90": r["images_per_s_p90"]}
 
 
 def scaling_table(rows: list[dict]) -> str:
     return markdown_table(
-        ["model", "batch/process", "processes", "images/s", "images/s per process", "speed-up",
-         "efficiency vs linear", "time to target", "device", "runs"],
-        [[r["model"], r["batch_per_process"], r["processes"], f"{r['images_per_s']:,.0f}",
-          f"{r['images_per_s_per_process']:,.0f}", f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.1f}%",
-          fmt_time(r["time_to_target_s"]), r["device"], r["runs"]] for r in rows])
+        ["model", "batch/process", "processes", "images/s (n epochs, spread)", "images/s per process", "speed-up",
+         "efficiency vs linear", "threads/process", "time to target", "device", "flags", "runs"],
+        [[r["model"], r["batch_per_process"], r["processes"], format_median(_stats(r)),
+          f"{r['images_per_s_per_process']:,.0f}", f"{r['speedup']:.2f}x",
+          f"{100 * r['efficiency']:.1f}%" + (" (flagged)" if r["flags"] else ""), r["threads_per_process"],
+          fmt_time(r["time_to_target_s"]), r["device"], r["flags"] or "-", r["runs"]] for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,6 +370,8 @@ def plot_params(records: list[dict], path: Path) -> bool:
 
 
 def plot_scaling(rows: list[dict], path: Path) -> None:
+    """images/s against processes with the spread as error bars and the linear ideal, and efficiency; a
+    flagged point is drawn hollow and grey, with an x, never as a sound one."""
     plt = tables.pyplot()
 
     fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -334,13 +380,26 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
         groups.setdefault((r["model"], r["batch_per_process"], r["precision"], r["device"]), []).append(r)
     for (model, per_proc, _, _), rs in groups.items():
         n = [r["processes"] for r in rs]
-        line = ax.plot(n, [r["images_per_s"] for r in rs], marker="o", label=f"{model} ({per_proc}/process)")[0]
+        lows, highs = zip(*[spread_of(r) for r in rs])
+        err = [[r["images_per_s"] - lo for r, lo in zip(rs, lows)], [hi - r["images_per_s"] for r, hi in zip(rs, highs)]]
+        line = ax.errorbar(n, [r["images_per_s"] for r in rs], yerr=err, marker="o", capsize=3,
+                           label=f"{model} ({per_proc}/process)")[0]
+        color = line.get_color()
         base = rs[0]
-        ax.plot(n, [base["images_per_s"] * k / base["processes"] for k in n], linestyle=":", color=line.get_color())
-        ax_eff.plot(n, [100 * r["efficiency"] for r in rs], marker="o", color=line.get_color())
-    ax.set(xlabel="processes (GPUs)", ylabel="images/s", title="Throughput (dotted: linear)")
-    ax_eff.set(xlabel="processes (GPUs)", ylabel="efficiency vs linear (%)", title="Scaling efficiency",
+        ax.plot(n, [base["images_per_s"] * k / base["processes"] for k in n], linestyle=":", color=color)
+        ax_eff.plot(n, [100 * r["efficiency"] for r in rs], marker="o", color=color)
+        for r in rs:
+            if r["flags"]:
+                for a, y in ((ax, r["images_per_s"]), (ax_eff, 100 * r["efficiency"])):
+                    a.scatter([r["processes"]], [y], s=120, facecolors="none", edgecolors=sanity.FLAGGED["edgecolor"],
+                              hatch=sanity.FLAGGED["hatch"], zorder=3)
+                    a.scatter([r["processes"]], [y], marker="x", color=sanity.FLAGGED["edgecolor"], zorder=4)
+    flagged = any(r["flags"] for r in rows)
+    ax.set(xlabel="processes (GPUs)", ylabel="images/s", title="Throughput (bars: spread; dotted: linear)")
+    ax_eff.set(xlabel="processes (GPUs)", ylabel="efficiency vs linear (%)",
+               title="Scaling efficiency" + (" (x: flagged, see report.md)" if flagged else ""),
                ylim=(0, max(110, 10 + max(100 * r["efficiency"] for r in rows))))
+    ax_eff.axhline(100 * sanity.EFFICIENCY_MAX, color="0.6", linestyle="--", linewidth=0.8)
     ticks = sorted({r["processes"] for r in rows})
     for a in (ax, ax_eff):
         a.set_xscale("log", base=2)
@@ -348,6 +407,14 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
         a.grid(alpha=0.3)
     tables.legend_outside(ax)  # outside the axes: never over the scaling curves
     tables.save(fig, path)
+
+
+def spread_of(r: dict) -> tuple[float, float]:
+    """A scaling row's spread (min–max, or p10–p90 from 10 values), as harness.stats.spread."""
+    from harness.stats import spread
+
+    lo, hi, _ = spread(_stats(r))
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -382,8 +449,6 @@ def seed_groups(records: list[dict]) -> list[dict]:
     """Complete runs grouped by `group_key`; per group the statistics of validation accuracy (the selection
     metric), test accuracy, training time and images/s. Sorted by mean validation accuracy (groups without
     validation last, by name): the ranking never looks at the test set."""
-    from harness.stats import summarize
-
     by_key: dict[str, list[dict]] = {}
     for r in records:
         if r["status"] == "complete":
@@ -401,8 +466,8 @@ def seed_groups(records: list[dict]) -> list[dict]:
             "label": label, "model": first["model"], "n": len(runs), "params": first["params"],
             "gflops": first["gflops"], "world_size": first["world_size"],
             "seeds": [r.get("seed") for r in runs], "runs": [r["name"] for r in runs], "records": runs,
-            "val_acc": summarize(r["best_val_acc"] for r in runs),
-            "test_acc": summarize(r["final_test_acc"] for r in runs),
+            "val_acc": summarize((r["best_val_acc"] for r in runs), bounds=ACCURACY),
+            "test_acc": summarize((r["final_test_acc"] for r in runs), bounds=ACCURACY),
             "train_s": summarize(r["train_s"] for r in runs),
             "images_per_s": summarize(r["images_per_s"] for r in runs),
             "latency_ms": summarize(r.get("latency_ms") for r in runs),
@@ -424,8 +489,13 @@ def seed_table(groups: list[dict]) -> str:
                      format_mean_std(g["val_acc"], 100), format_mean_std(g["test_acc"], 100),
                      format_mean_std(g["train_s"], 1, 1), format_mean_std(g["images_per_s"], 1, 0)]
                     + ([format_mean_std(g["latency_ms"], 1, 2)] if latency else [])
-                    + [", ".join(str(s) for s in g["seeds"])])
-    return markdown_table(header, rows)
+                    + [", ".join(str(s) for s in g["seeds"]), sanity.text(group_flags(g)) or "-"])
+    return markdown_table(header + ["flags"], rows)
+
+
+def group_flags(g: dict) -> list[str]:
+    """A seed group's timed figures whose spread is wider than half their median."""
+    return sanity.collect(sanity.unstable(g["train_s"], " s"), sanity.unstable(g["images_per_s"], " images/s"))
 
 
 def seed_rows(groups: list[dict]) -> list[dict]:
@@ -435,8 +505,9 @@ def seed_rows(groups: list[dict]) -> list[dict]:
         row = {"group": g["label"], "model": g["model"], "n": g["n"], "params": g["params"], "gflops": g["gflops"],
                "seeds": " ".join(map(str, g["seeds"])), "runs": " ".join(g["runs"])}
         for metric in ("val_acc", "test_acc", "train_s", "images_per_s", "latency_ms"):
-            for stat in ("mean", "std", "ci95_low", "ci95_high", "min", "max"):
+            for stat in ("mean", "std", "median", "ci95_low", "ci95_high", "min", "max", "p10", "p90"):
                 row[f"{metric}_{stat}"] = g[metric][stat]
+        row["flags"] = sanity.text(group_flags(g))
         rows.append(row)
     return rows
 
@@ -605,13 +676,22 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
                "\nRuns whose configs differ only in `run.*` (seed, directory, names) form one row: mean ± sample "
                "std (n, Student-t 95% interval of the mean). Ranked by validation accuracy (best epoch, "
                "data.val_size > 0); the test set never chooses. Every statistic is in [seeds.csv](seeds.csv).\n"]
+    for r in scaling:
+        sanity.warn(f"scaling {r['model']} x{r['processes']}", r["flags"].split("; ") if r["flags"] else [])
+    for g in groups:
+        sanity.warn(f"seed group {g['label']}", group_flags(g))
     if scaling:
         write_csv(out / "scaling.csv", scaling, list(scaling[0]))
         plot_scaling(scaling, out / "scaling.png")
         md += ["## Scaling\n", scaling_table(scaling),
                "\nEfficiency against linear = (images/s at N / N) / (images/s at the baseline / its N), the "
                "baseline being the smallest process count of the group (normally 1). Runs are grouped by model, "
-               "batch per process, precision and device; repeats at one N are combined by their median.\n",
+               "batch per process, precision and device; images/s at one N is the median of the epoch rates (after "
+               "the first) of every run at that N, with n and the spread (min–max, p10–p90 from 10). Flags "
+               "(harness.sanity): efficiency above 105% is impossible for N processes sharing nothing; threads per "
+               "process and launcher must match the baseline's; a spread wider than half the median is unstable; "
+               "an efficiency from one epoch rate on a side cannot be told from noise (run more epochs). "
+               "A flagged point is drawn hollow, grey, with an x.\n",
                "![scaling](scaling.png)\n"]
     elif len({r["world_size"] for r in complete}) > 1:
         md.append("Runs differ in world size, but no model was run at several world sizes with the same batch "

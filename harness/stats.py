@@ -1,9 +1,19 @@
-"""Statistics over repeated runs: n, mean ± std, median, spread and a 95% confidence interval of the mean.
+"""Statistics over repeated measurements: n, mean ± std, median, spread and a 95% confidence interval of
+the mean, and the one way every tool writes them.
 
-One helper for every tool that reports repeats (the report's seed groups, the speed recipe's repeats, the
-campaign): airbench-style claims ("94.01% mean over n = 25 runs") need the interval, not one lucky seed.
+One helper for every tool that reports repeats (the report's seed groups and scaling rows, the speed
+recipe's repeats, the benchmark's repeats and rounds, the campaign): airbench-style claims ("94.01% mean
+over n = 25 runs") need the interval, not one lucky seed, and a timed figure needs its spread.
 
-The interval is Student's t: mean ± t(0.975, n - 1) · std / sqrt(n), with the sample std (ddof = 1).
+  * Spread: min–max for n < 10, p10–p90 from n = 10 on (`spread`): with few values the extremes are the
+    honest range, with many one outlier should not set it.
+  * Interval: Student's t, mean ± t(0.975, n - 1) · std / sqrt(n), with the sample std (ddof = 1), and only
+    from n >= 3 (`MIN_INTERVAL_N`): at n = 2, t(0.975, 1) = 12.7 makes the interval 9x the std wide, which
+    is how the campaign once printed an accuracy interval of -19.62–39.94% (`format_mean_std` prints
+    "n = 2: too few runs for an interval" instead).
+  * Bounds: a quantity with a known range (an accuracy is in [0, 1]: `ACCURACY`) has its interval clipped
+    to it; a fraction shown as a percentage (scale 100, unit "%") is clipped to [0, 100] when written.
+
 No SciPy: the two-sided 95% quantiles for 1..30 degrees of freedom are the standard table values; above
 30 a Cornish-Fisher expansion around the normal quantile is within 1e-4 of the exact value.
 """
@@ -18,6 +28,10 @@ _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622
          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 _Z975 = 1.959964
 
+MIN_INTERVAL_N = 3  # the fewest values an interval is computed from
+PERCENTILE_N = 10  # from this many values on, the spread is p10–p90 rather than min–max
+ACCURACY = (0.0, 1.0)  # bounds of an accuracy (a fraction)
+
 
 def t975(df: int) -> float:
     """The 97.5% quantile of Student's t with `df` degrees of freedom (df >= 1)."""
@@ -30,31 +44,77 @@ def t975(df: int) -> float:
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
-def summarize(values) -> dict:
-    """n, mean, std (sample), median, min, max and the 95% interval of the mean of `values` (None skipped).
-    One value: std and the interval are None (one run says nothing about the spread)."""
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `xs`, linear between order statistics (numpy's default)."""
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (pos - lo)
+
+
+def _clip(x, bounds):
+    return x if bounds is None or x is None else min(max(x, bounds[0]), bounds[1])
+
+
+def summarize(values, bounds: tuple[float, float] | None = None) -> dict:
+    """n, mean, std (sample), median, min, max, p10, p90 and the 95% interval of the mean of `values`
+    (None and NaN skipped). The interval is None below MIN_INTERVAL_N values, and clipped to `bounds`
+    (e.g. ACCURACY) when given. One value: std is None too (one run says nothing about the spread)."""
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     n = len(xs)
     if n == 0:
-        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None,
-                "ci95_low": None, "ci95_high": None}
+        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None, "p10": None,
+                "p90": None, "ci95_low": None, "ci95_high": None}
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if n > 1 else None
-    half = t975(n - 1) * std / math.sqrt(n) if n > 1 else None
+    half = t975(n - 1) * std / math.sqrt(n) if n >= MIN_INTERVAL_N else None
     return {"n": n, "mean": mean, "std": std, "median": statistics.median(xs), "min": min(xs), "max": max(xs),
-            "ci95_low": mean - half if half is not None else None,
-            "ci95_high": mean + half if half is not None else None}
+            "p10": percentile(xs, 10), "p90": percentile(xs, 90),
+            "ci95_low": _clip(mean - half, bounds) if half is not None else None,
+            "ci95_high": _clip(mean + half, bounds) if half is not None else None}
 
 
-def format_mean_std(s: dict, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    """'94.05 ± 0.12 (n=10, 95% CI 93.96-94.14)' from a `summarize` dict; 'x (n=1)' for one value."""
-    if not s["n"]:
+def spread(s: dict) -> tuple[float | None, float | None, str]:
+    """(low, high, its name) of a `summarize` dict: min–max for n < 10, p10–p90 from 10 values on."""
+    if not s.get("n"):
+        return None, None, ""
+    if s["n"] >= PERCENTILE_N and s.get("p10") is not None:
+        return s["p10"], s["p90"], "p10–p90"
+    return s["min"], s["max"], "min–max"
+
+
+def format_median(s: dict, fmt: str = ",.0f", unit: str = "", scale: float = 1.0) -> str:
+    """'1,234 (n=5, min–max 1,100–1,300)': the median with n and the spread; 'x (n=1)' for one value."""
+    if not s.get("n"):
         return "-"
+    f = lambda v: format(v * scale, fmt)  # noqa: E731
+    if s["n"] == 1:
+        return f"{f(s['median'])}{unit} (n=1)"
+    lo, hi, name = spread(s)
+    return f"{f(s['median'])}{unit} (n={s['n']}, {name} {f(lo)}–{f(hi)})"
+
+
+def format_mean_std(s: dict, scale: float = 1.0, digits: int = 2, unit: str = "",
+                    bounds: tuple[float, float] | None = None) -> str:
+    """'94.05 ± 0.12% (n=10, p10–p90 93.90–94.20, 95% CI 93.96–94.14)' from a `summarize` dict; 'x (n=1)'
+    for one value; 'x ± s (n = 2: too few runs for an interval, min–max a–b)' below MIN_INTERVAL_N. The
+    interval is clipped to `bounds` (before scaling); a fraction written as a percentage (scale 100, unit
+    '%') is bounded by [0, 1] whatever the dict holds (it may come from an older file)."""
+    if not s.get("n"):
+        return "-"
+    if bounds is None and scale == 100 and unit.strip() == "%":
+        bounds = ACCURACY
     f = lambda v: f"{v * scale:.{digits}f}"  # noqa: E731
-    if s["std"] is None:
+    if s.get("std") is None:
         return f"{f(s['mean'])}{unit} (n=1)"
-    return (f"{f(s['mean'])} ± {f(s['std'])}{unit} (n={s['n']}, 95% CI {f(s['ci95_low'])}–"
-            f"{f(s['ci95_high'])})")
+    lo, hi, name = spread(s)
+    text = f"{f(s['mean'])} ± {f(s['std'])}{unit} (n={s['n']}, {name} {f(lo)}–{f(hi)}"
+    if s["n"] < MIN_INTERVAL_N or s.get("ci95_low") is None:
+        return f"{f(s['mean'])} ± {f(s['std'])}{unit} (n = {s['n']}: too few runs for an interval, {name} " \
+               f"{f(lo)}–{f(hi)})"
+    return f"{text}, 95% CI {f(_clip(s['ci95_low'], bounds))}–{f(_clip(s['ci95_high'], bounds))})"
 
 
 def proportion_interval(p: float, n: int) -> tuple[float, float] | None:

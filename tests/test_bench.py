@@ -55,7 +55,10 @@ def test_writes_every_report_file(bench_out):
     env = result["environment"]
     assert env["provenance"]["world_size"] == 1 and "torch" in env["provenance"]["versions"]
     assert any("harness.bench" in c or c.endswith("bench/__main__.py") for c in env["provenance"]["command"])
-    assert len(result["rows"]) == 14
+    assert len(result["rows"]) == 8 + len(specs.RUNGS)
+    assert env["threads"] == 1 and env["launcher"] == "python"  # 1 thread per process on a CPU, recorded
+    assert env["provenance"]["threads"]["torch_threads"] == 1 and env["provenance"]["threads"]["OMP_NUM_THREADS"] == "1"
+    assert env["provenance"]["launcher"] == "python"
 
 
 def test_sweep_rows_are_sane(bench_out):
@@ -63,7 +66,8 @@ def test_sweep_rows_are_sane(bench_out):
     for c in ("model", "batch_size", "precision", "channels_last", "compile", "data", "mode", "images_per_s",
               "step_ms", "params", "gflops", "peak_mem_mb", "tflops", "mfu", "device", "world_size", "step_ms_p10",
               "step_ms_p90", "peak_tflops", "peak_source", "oom_retry_from", "per_device_images_per_s",
-              "scaling_efficiency"):
+              "scaling_efficiency", "images_per_s_n", "images_per_s_low", "images_per_s_high", "spread", "flags",
+              "threads", "launcher"):
         assert c in rows[0], c
     sweep = [r for r in rows if not r["rung"]]
     assert {(r["model"], r["precision"], r["mode"]) for r in sweep} == {
@@ -79,17 +83,27 @@ def test_sweep_rows_are_sane(bench_out):
         assert float(r["mfu"]) == pytest.approx(float(r["tflops"]) / float(r["peak_tflops"]))
         assert r["peak_source"] == "measured" and r["world_size"] == "1" and r["device"].startswith("cpu")
         assert r["batch_size"] == "8" and r["oom_retry_from"] == "" and r["error"] == ""
+        assert r["threads"] == "1" and r["launcher"] == "python"  # every row: the thread count and launcher
+        assert int(r["images_per_s_n"]) == 1  # FAST: one round
+        assert float(r["images_per_s_low"]) == float(r["images_per_s"]) == float(r["images_per_s_high"])
 
 
 def test_ladder_runs_cpu_rungs_and_skips_dali(bench_out):
     _, rows, _ = bench_out
     ladder = {r["rung"]: r for r in rows if r["rung"]}
     assert list(ladder) == [name for name, *_ in specs.RUNGS]
-    base = ladder["baseline (seeds)"]
-    assert (base["precision"], base["channels_last"], base["compile"], base["data"]) == ("fp32", "False", "False",
-                                                                                       "loader")
+    base = ladder["baseline (seed 001)"]
+    # seed 001's loop: fp32, NCHW, eager, its DataLoader, a synchronous copy and its own SGD
+    assert (base["precision"], base["channels_last"], base["compile"], base["data"], base["overlap"],
+            base["fused"]) == ("fp32", "False", "False", "loader", "False", "False")
+    # each rung changes one thing
+    keys = ("precision", "channels_last", "compile", "data", "overlap", "fused")
+    rungs = list(ladder.values())
+    for before, after in zip(rungs, rungs[1:]):
+        assert sum(before[k] != after[k] for k in keys) == 1, (before["rung"], after["rung"])
     assert ladder["+compile"]["compile"] == "True" and ladder["+GPU-resident data (GPU gather)"]["data"] == "torch"
-    for name in ("baseline (seeds)", "+bf16", "+channels_last", "+compile", "+GPU-resident data (GPU gather)"):
+    for name in ("baseline (seed 001)", "+overlapped copy", "+fused SGD", "+bf16", "+channels_last", "+compile",
+                 "+GPU-resident data (GPU gather)"):
         r = ladder[name]
         assert r["error"] == "" and float(r["images_per_s"]) > 0, (name, r["error"])
         assert float(r["speedup_total"]) == pytest.approx(float(r["images_per_s"]) / float(base["images_per_s"]))
@@ -109,25 +123,75 @@ def test_bad_input_is_one_clear_line(args, message):
 
 
 def test_oom_halves_the_batch_and_records_it(monkeypatch):
-    """measure() is replaced by one that runs out of memory above 2 images: the row says it retried."""
+    """build() is replaced by one that runs out of memory above 2 images: the row says it retried."""
     calls = []
 
-    def fake_measure(spec, batch_size, ctx):
+    def fake_build(spec, batch_size, ctx):
         calls.append(batch_size)
         if batch_size > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return {"images_per_s": 100.0, "step_ms": 20.0, "step_ms_p10": 19.0, "step_ms_p90": 21.0,
-                "peak_mem_mb": 1.0, "warmup_s": 0.1}
+        return M.Variant(spec, batch_size, step=lambda: None, close=lambda: None)
 
-    monkeypatch.setattr(M, "measure", fake_measure)
-    ctx = M.Context(BenchConfig(), types.SimpleNamespace(reduce=lambda t, op: t), torch.device("cpu"),
+    monkeypatch.setattr(M, "build", fake_build)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=3), "cpu")
+    ctx = M.Context(cfg, types.SimpleNamespace(reduce=lambda t, op: t), torch.device("cpu"),
                     0, 1, {"bf16": (10.0, "table", 20.0)}, "test device")
-    row = M.run_row(Spec("lenet5", 8, "bf16", True, False, "synthetic", "train"), ctx)
+    [row] = M.measure_group([Spec("lenet5", 8, "bf16", True, False, "synthetic", "train")], ctx)
     assert calls == [8, 4, 2]
-    assert row["batch_size"] == 2 and row["oom_retry_from"] == 8
-    assert row["mfu"] == pytest.approx(100.0 * 3 * model_facts("lenet5")["gflops"] / 1e3 / 10.0)
+    assert row["batch_size"] == 2 and row["oom_retry_from"] == 8 and row["images_per_s_n"] == 3
+    assert row["mfu"] == pytest.approx(row["images_per_s"] * 3 * model_facts("lenet5")["gflops"] / 1e3 / 10.0)
     assert row["peak_source"] == "table" and row["achievable_tflops"] == 20.0
     assert row["mfu_achievable"] == pytest.approx(row["mfu"] / 2)  # the measured ceiling: half the datasheet
+
+
+def test_compared_rows_alternate_round_by_round(monkeypatch):
+    """Two rows of one group: each round times one block of each, the order reversed every other round."""
+    order = []
+
+    def fake_build(spec, batch_size, ctx):
+        return M.Variant(spec, batch_size, step=lambda: order.append(spec.precision), close=lambda: None)
+
+    monkeypatch.setattr(M, "build", fake_build)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=3), "cpu")
+    ctx = M.Context(cfg, None, torch.device("cpu"), 0, 1, {p: (1.0, "measured", 1.0) for p in ("fp32", "bf16")}, "cpu")
+    group = [Spec("lenet5", 8, p, False, False, "synthetic", "train") for p in ("fp32", "bf16")]
+    assert specs.group_specs(group) == [group]
+    rows = M.measure_group(group, ctx)
+    timed = order[2:]  # after one warm-up step each
+    blocks = [timed[i] for i in range(0, len(timed), 2)]
+    assert blocks == ["fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
+    assert [r["images_per_s_n"] for r in rows] == [3, 3] and all(len(r["rounds_images_per_s"]) == 3 for r in rows)
+
+
+def test_a_rows_precision_is_its_own_whatever_the_launcher_says(monkeypatch):
+    """Under ACCELERATE_MIXED_PRECISION=bf16 (what `accelerate launch --mixed_precision bf16` exports) an
+    Accelerator that follows the launcher runs an fp32 row's convolutions in bf16; the bench's does not."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from harness.models import create_model
+    from harness.training.step import train_step
+
+    def conv_dtypes(accelerator, precision):
+        model = accelerator.prepare(create_model("lenet5"))
+        seen = []
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda mod, inputs, output: seen.append(output.dtype))
+        train_step(model, torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), accelerator,
+                   autocast=M.row_autocast(precision, torch.device("cpu")))
+        return seen
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    try:
+        AcceleratorState._reset_state(True)
+        assert conv_dtypes(Accelerator(cpu=True), "fp32") == [torch.bfloat16]  # the bug this guards against
+        AcceleratorState._reset_state(True)
+        bench = M.make_accelerator()
+        assert bench.mixed_precision == "no"
+        assert conv_dtypes(bench, "fp32") == [torch.float32]
+        assert conv_dtypes(bench, "bf16") == [torch.bfloat16]
+    finally:
+        AcceleratorState._reset_state(True)
 
 
 @pytest.mark.parametrize("name, bf16, fp32", [  # names as torch.cuda.get_device_name prints them
@@ -239,23 +303,80 @@ def test_two_ranks_agree_to_halve_the_batch_when_one_runs_out_of_memory(tmp_path
 
 def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
     """The data bench is a suite of the one benchmark: training-config key names, random images when the
-    files are missing (said so), images/s per backend and the ratio to synthetic."""
+    files are missing (said so), images/s per backend with n and spread, the ratio to synthetic round by
+    round, the thread count and launcher in every row."""
     backends = "torch,dali,synthetic" if dali_available() else "torch,synthetic"
     proc = run_harness(["suite=data", f"backends={backends}", "model.name=simple_cnn", "batch_sizes=8", "steps=2",
-                        "warmup=1", "repeats=1", f"data.root={tmp_path / 'no-data'}", "data.limit_train=64",
+                        "warmup=1", "repeats=2", f"data.root={tmp_path / 'no-data'}", "data.limit_train=64",
                         f"out={tmp_path}"], module="harness.bench")
     result = json.loads((tmp_path / "data_bench.json").read_text())
     assert "RANDOM" in result["data"] and "not a GPU measurement" in result["device"]
     assert [r["backend"] for r in result["loaders"]] == backends.split(",")
-    assert all(r["images_per_s"] > 0 for r in result["loaders"] + result["training"])
+    for r in result["loaders"] + result["training"]:
+        assert r["images_per_s"] > 0 and r["images_per_s_n"] == 2 and len(r["rounds_images_per_s"]) == 2
+        assert r["images_per_s_low"] <= r["images_per_s"] <= r["images_per_s_high"]
+        assert r["threads"] == 1 and r["launcher"] == "python" and isinstance(r["flags"], list)
     ratio = {r["backend"]: r["vs_synthetic"] for r in result["training"]}
     assert ratio["synthetic"] == 1.0 and ratio["torch"] > 0
     torch_row = next(r for r in result["training"] if r["backend"] == "torch")
     synthetic = next(r for r in result["training"] if r["backend"] == "synthetic")
-    assert torch_row["vs_synthetic"] == pytest.approx(torch_row["images_per_s"] / synthetic["images_per_s"])
+    rounds = [a / b for a, b in zip(torch_row["rounds_images_per_s"], synthetic["rounds_images_per_s"])]
+    assert torch_row["vs_synthetic"] == pytest.approx(sum(rounds) / 2)  # the median of two rounds' ratios
+    assert torch_row["compile"] is False  # compile=auto on a CPU: eager, as training runs it
     md = (tmp_path / "data_bench.md").read_text()
     assert md.startswith("# Data-pipeline benchmark") and "vs synthetic" in md and md in proc.stdout
+    assert "(n=2, min–max" in md
     assert "data bench 1/" in proc.stderr  # progress, as plain lines when not on a terminal
+
+
+def test_a_stopped_data_suite_keeps_what_it_measured(tmp_path, monkeypatch):
+    """data_bench.json is rewritten after every measurement: stopped during the second model, it holds the
+    loaders and the first model's rows."""
+    from harness.bench import cli, data_suite
+
+    real, calls = data_suite.timed_rounds, []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # loaders, lenet5, then stop
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_suite, "timed_rounds", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["suite=data", "backends=torch,synthetic", "model.name=lenet5,simple_cnn", "batch_sizes=4",
+                  f"data.root={tmp_path / 'no-data'}", "data.limit_train=32", f"out={tmp_path}", *FAST])
+    result = json.loads((tmp_path / "data_bench.json").read_text())
+    assert [r["backend"] for r in result["loaders"]] == ["torch", "synthetic"]
+    assert {r["model"] for r in result["training"]} == {"lenet5"}
+
+
+def test_a_stopped_zoo_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    """bench.csv and bench.json are rewritten after every group of rows: stopped during the second model,
+    both hold the first model's rows."""
+    from accelerate.state import AcceleratorState
+
+    from harness.bench import cli
+
+    real, calls = M.measure_group, []
+
+    def stop_at_the_second(group, ctx):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(group, ctx)
+
+    monkeypatch.setattr(M, "measure_group", stop_at_the_second)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(["model.name=lenet5,simple_cnn", "batch_sizes=4", "mode=train", "precision=fp32", "compile=false",
+                      "run.wandb=false", f"out={tmp_path}", *FAST])
+    finally:
+        AcceleratorState._reset_state(True)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["lenet5"] and rows[0]["images_per_s"] > 0
+    with open(tmp_path / "bench.csv", newline="") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["lenet5"]
 
 
 def test_ddp_suite_measures_both(tmp_path):
@@ -265,6 +386,8 @@ def test_ddp_suite_measures_both(tmp_path):
     assert result == json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "gloo" and result["steps_each"] == 2 and result["model"] == "lenet5"
     assert result["plain_step_ms"] > 0 and result["ddp_step_ms"] > 0
+    assert result["threads"] == 1 and result["launcher"] == "python" and result["overhead_pct_n"] == 1
+    assert "(n=1)" in proc.stdout  # every figure printed with its n
 
 
 @pytest.mark.parametrize("args, message", [

@@ -260,6 +260,43 @@ def test_the_report_shows_mfu_against_the_datasheet_peak(tmp_path):
     assert "PARTIAL" in md
 
 
+def test_the_report_carries_spreads_and_flags_and_refuses_intervals_from_two_runs(tmp_path, capsys):
+    """Fabricated step outputs: an impossible MFU (re-checked), a data row flagged by its suite, a ddp
+    overhead with its rounds, and the speed recipe at n = 2 (the campaign once printed '95% CI -19.62–39.94')."""
+    from harness.campaign.report import write
+
+    for d in ("zoo", "data", "ddp", "tta-speed94"):
+        (tmp_path / d).mkdir()
+    zoo = [{"model": "resnet18", "mode": "train", "batch_size": 512, "precision": "bf16", "compile": False,
+            "images_per_s": 300000.0, "images_per_s_n": 3, "images_per_s_low": 290000.0,
+            "images_per_s_high": 310000.0, "spread": "min–max", "mfu": 2.5, "peak_tflops": 989.0,
+            "peak_source": "table", "flags": []}]
+    (tmp_path / "zoo" / "bench.json").write_text(json.dumps({"environment": {}, "rows": zoo}))
+    data = [{"model": "simple_cnn", "backend": "torch", "batch_size": 32, "images_per_s": 7.18, "images_per_s_n": 3,
+             "images_per_s_low": 6.0, "images_per_s_high": 8.0, "step_ms": 4.0, "vs_synthetic": 1.9,
+             "vs_synthetic_low": 1.5, "vs_synthetic_high": 2.2,
+             "flags": ["impossible: real data 7.18 images/s > synthetic 3.69 beyond the spread"]}]
+    (tmp_path / "data" / "data_bench.json").write_text(json.dumps({"training": data}))
+    ddp = {"model": "lenet5", "batch": 8, "backend": "gloo", "threads": 1, "overhead_pct": 15.5, "overhead_pct_n": 2,
+           "overhead_pct_low": 8.2, "overhead_pct_high": 22.9, "spread": "min–max", "flags": []}
+    (tmp_path / "ddp" / "ddp_overhead.json").write_text(json.dumps(ddp))
+    rep = {"test_acc": {"n": 2, "mean": 0.1016, "std": 0.0331, "ci95_low": -0.1962, "ci95_high": 0.3994},
+           "runs": [{"seed": 0, "test_acc": 0.0785, "time_s": 1.5}, {"seed": 1, "test_acc": 0.1247, "time_s": 44.0}]}
+    (tmp_path / "tta-speed94" / "repeats.json").write_text(json.dumps(rep))
+    c = {"device": {"name": "cpu", "gpu": False}, "provenance": {}, "steps": [], "calls": [], "finished": True}
+    write(tmp_path, c, plot=None)
+    md = (tmp_path / "report.md").read_text()
+    assert "impossible: MFU 250% > 100% of the datasheet peak" in md
+    assert "300,000 (n=3, min–max 290,000–310,000)" in md
+    assert "1.90 (1.50–2.20)" in md and "impossible: real data 7.18" in md
+    assert "overhead +15.5% (median of n=2 alternating rounds, min–max +8.2–+22.9%)" in md
+    assert "n = 2: too few runs for an interval" in md and "-19.62" not in md and "CI" not in md.split("Speed recipe")[1].split("\n")[0]
+    assert "unstable: spread" in md.split("Speed recipe")[1].split("\n")[0]  # 1.5 s and 44 s
+    err = capsys.readouterr().err
+    assert "FLAGGED zoo resnet18 train b512: impossible: MFU 250%" in err and "FLAGGED data simple_cnn torch" in err
+    assert (tmp_path / "data_ratio.png").is_file() and (tmp_path / "zoo_images_per_s.png").is_file()
+
+
 def test_the_report_reads_what_a_cut_step_left(tmp_path):
     """A ladder stopped after two rungs has its bench.csv (rewritten after every row) and no bench.json; a
     speed recipe stopped after 3 of 10 runs has a repeats.json of 3: both are in the report."""
@@ -267,7 +304,7 @@ def test_the_report_reads_what_a_cut_step_left(tmp_path):
     from harness.stats import summarize
 
     (tmp_path / "ladder").mkdir()
-    rows = [{"model": "resnet18", "rung": "baseline (seeds)", "images_per_s": 5000.0, "speedup_step": 1.0,
+    rows = [{"model": "resnet18", "rung": "baseline (seed 001)", "images_per_s": 5000.0, "speedup_step": 1.0,
              "speedup_total": 1.0},
             {"model": "resnet18", "rung": "+bf16", "images_per_s": 9000.0, "speedup_step": 1.8, "speedup_total": 1.8}]
     tables.write_csv(tmp_path / "ladder" / "bench.csv", rows, list(rows[0]))
@@ -401,7 +438,7 @@ def test_the_documented_call_stopped_part_way_still_packs_a_readable_report(tmp_
     cut = [s for s in statuses.values() if s.startswith("stopped by signal 15") or s == "not reached"]
     assert cut and set(statuses.values()) <= {"ok", "not reached"} | set(cut), statuses
     assert c["calls"][-1]["status"] == "stopped by signal 15" and "PARTIAL: call 1 stopped by a signal" in report
-    assert "## 2. Optimisation ladder" in report and "| lenet5 | baseline (seeds) |" in report
+    assert "## 2. Optimisation ladder" in report and "| lenet5 | baseline (seed 001) |" in report
     leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline")
                  if str(tmp_path).encode() in (p.read_bytes() if p.exists() else b"")]
     assert not leftovers  # the stopped step's processes are gone
@@ -450,4 +487,4 @@ def test_a_resumed_campaign_keeps_what_earlier_calls_measured(tmp_path):
     assert [s["name"] for s in second["steps"]] == [s.name for s in STEPS]  # campaign order kept
     report = (tmp_path / "report.md").read_text()
     assert "over 2 calls" in report and "| 4. tta-fast-resnet18 | ok | 1 |" in report
-    assert "resnet18 (configs/fast_resnet18.yaml), one run: test accuracy" in report
+    assert "resnet18 (configs/fast_resnet18.yaml), one run (n=1: no spread): test accuracy" in report

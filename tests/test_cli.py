@@ -84,7 +84,7 @@ def test_bench_help_by_hand():
     out = help_of("harness.bench")
     assert out.startswith("usage: python -m harness.bench")
     assert "  mode=both".ljust(36) + " (str: train | infer | both)" in out
-    assert "timed steps per repeat" in out and "  model.name=auto " in out
+    assert "timed steps per row per round" in out and "  model.name=auto " in out
 
 
 def test_help_reads_descriptions_of_any_dataclass(tmp_path, monkeypatch, capsys):

@@ -27,8 +27,9 @@ def runs(tmp_path_factory) -> Path:
     common = FAST + [f"data.root={data}", "data.download=false"]
     ddp = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/cpu_ddp.yaml",
            "--main_process_port", "0", "harness/train.py"]
+    one = ddp[:5] + ["--num_processes", "1"] + ddp[5:]  # every run through the same launcher, as the sweep
     jobs = [
-        (common + [f"run.dir={runs / 'simple_cnn-1'}"], None, True),
+        (common + [f"run.dir={runs / 'simple_cnn-1'}"], one, True),
         (common + ["model.name=lenet5", f"run.dir={runs / 'lenet5-1'}"], None, True),
         # same 32 images per process as the 1-process run: a weak-scaling pair
         (common + ["train.batch_size=64", f"run.dir={runs / 'simple_cnn-2'}"], ddp, True),
@@ -72,12 +73,21 @@ def test_report_from_run_directories(runs, tmp_path):
     assert f"{100 * efficiency:.1f}%" in scaling and "| simple_cnn | 32 | 2 |" in scaling
     assert "lenet5" not in scaling  # one world size only: no scaling rows
     with open(out / "scaling.csv") as f:
-        assert [int(r["processes"]) for r in csv.DictReader(f)] == [1, 2]
+        rows = list(csv.DictReader(f))
+    assert [int(r["processes"]) for r in rows] == [1, 2]
+    # like with like: both runs through accelerate launch, one thread per process (provenance.json)
+    assert [r["threads_per_process"] for r in rows] == ["1", "1"]
+    assert {r["launcher"] for r in rows} == {"accelerate launch (torchrun)"}
+    assert not any("unlike" in r["flags"] for r in rows)
+    # one epoch each: n = 1, the table says so, and the efficiency is flagged: nothing to judge it by
+    assert "(n=1)" in scaling and rows[0]["flags"] == ""
+    assert "too few: efficiency from a single measurement at 1 proc and 2 proc" in rows[1]["flags"]
 
     incomplete = md.split("## Incomplete runs")[1].split("##")[0]
     assert "crashed" in incomplete and "incomplete" in incomplete and "no checkpoint" in incomplete
     with open(out / "runs.csv") as f:
         table = {r["name"]: r for r in csv.DictReader(f)}
+    assert table["lenet5-1"]["threads"] == "1" and table["lenet5-1"]["launcher"] == "python"
     assert set(table) == {"simple_cnn-1", "simple_cnn-2", "lenet5-1", "crashed"}
     assert table["crashed"]["status"].startswith("incomplete") and table["crashed"]["model"] == "simple_cnn"
     lenet_csv = table["lenet5-1"]
@@ -194,3 +204,54 @@ def test_grad_flow_plot_from_grad_norms_files(tmp_path):
     out = tmp_path / "report"
     R.main([str(tmp_path / "runs"), f"out={out}"])
     assert (out / "grad_flow.png").is_file() and "## Gradient flow" in (out / "report.md").read_text()
+
+
+def test_an_impossible_scaling_row_is_flagged_in_table_console_and_plot(tmp_path, capsys):
+    """Fabricated records: the sweep smoke's '2 procs | 40.85x | 2042.3%', a 1-process run with torch's
+    default threads against 2 processes with one each, started by different launchers."""
+    base = {"status": "complete", "model": "lenet5", "precision": "fp32", "device": "cpu", "time_to_target_s": None,
+            "global_batch": 32, "world_size": 1, "images_per_s": 100.0, "epoch_rates": [100.0], "threads": 2,
+            "launcher": "python", "name": "lenet5-1gpu"}
+    two = {**base, "global_batch": 64, "world_size": 2, "images_per_s": 4085.0, "epoch_rates": [4085.0],
+           "threads": 1, "launcher": "accelerate launch (torchrun)", "name": "lenet5-2gpu"}
+    rows = R.scaling_rows([base, two])
+    assert rows[0]["flags"] == "" or "efficiency" not in rows[0]["flags"]
+    flags = rows[1]["flags"]
+    assert "impossible: efficiency 2042% > 105%" in flags
+    assert "unlike: threads per process differs: 2 (1 proc), 1 (2 proc)" in flags
+    assert "unlike: launcher differs" in flags
+    table = R.scaling_table(rows)
+    assert "2042.5% (flagged)" in table and "impossible: efficiency 2042% > 105%" in table
+    R.plot_scaling(rows, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # within 105% and like with like: no flag
+    assert "too few: efficiency from a single measurement" in flags
+    # within 105%, like with like, two epochs a side: no flag
+    base2 = {**base, "epoch_rates": [99.0, 101.0]}
+    fine = {**two, "images_per_s": 190.0, "epoch_rates": [188.0, 190.0, 192.0], "threads": 2, "launcher": "python"}
+    assert R.scaling_rows([base2, fine])[1]["flags"] == ""
+
+
+def test_seed_table_accuracy_intervals_stay_in_0_1_and_two_seeds_give_none(tmp_path):
+    for seed, test in enumerate([0.02, 0.10, 0.25]):  # raw interval of the mean: -0.17 .. 0.42
+        _fake_run(tmp_path / "runs", f"low-seed{seed}", "lenet5", seed, test, test, 1.0, 100.0)
+    for seed, test in enumerate([0.0785, 0.1247]):
+        _fake_run(tmp_path / "runs", f"two-seed{seed}", "lenet5", seed, test, test, 1.0, 100.0, lr=0.2)
+    records = [R.read_run(p, tmp_path / "runs") for p in R.find_runs(tmp_path / "runs")]
+    groups = {g["n"]: g for g in R.seed_groups(records)}
+    assert groups[3]["test_acc"]["ci95_low"] == 0.0 and groups[3]["val_acc"]["ci95_low"] == 0.0
+    assert groups[2]["test_acc"]["ci95_low"] is None
+    table = R.seed_table(list(groups.values()))
+    assert "n = 2: too few runs for an interval" in table and "95% CI 0.00–" in table and "CI -" not in table
+
+
+def test_a_runs_rate_samples_are_those_of_the_summarys_median():
+    """The n and spread of a run's images/s come from the epoch rates harness.run.metrics.throughput takes
+    the median of (after the first epoch; the only one when there is one)."""
+    import statistics
+
+    from harness.run import metrics
+
+    for rates in ([500.0], [100.0, 210.0, 190.0, 205.0], [90.0, 300.0]):
+        epochs = [{"kind": "epoch", "epoch": i, "images_per_s": r} for i, r in enumerate(rates, 1)]
+        assert statistics.median(R.epoch_rates(epochs)) == metrics.throughput(rates)

@@ -112,7 +112,30 @@ def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
     assert len(lines) == 4 and all("harness" in line for line in lines)
     assert all("train.epochs=1" in line for line in lines)
     assert sum("accelerate" in line and "--num_processes 2" in line for line in lines) == 2
+    # like with like: the 1-process runs start the same way, with the same threads per process
+    assert all(" launch --config_file launch/accelerate/cpu_ddp.yaml" in line for line in lines)
+    assert sum("--num_processes 1" in line for line in lines) == 2
+    assert all("--num_cpu_threads_per_process 1" in line for line in lines)  # CPU: one thread per process
     assert not (tmp_path / "out").exists()
+
+
+def test_threads_per_process_is_the_same_for_every_run(tmp_path):
+    path = write_sweep(tmp_path, {"threads_per_process": 3, "grid": {"gpus": [1, 2]}})
+    runs = expand(path)
+    assert [r.threads for r in runs] == [3, 3]
+    from harness.sweep.spec import train_command
+
+    commands = [train_command(r, "accelerate", gpu=False) for r in runs]
+    assert [c[c.index("--num_cpu_threads_per_process") + 1] for c in commands] == ["3", "3"]
+    assert [c[:2] for c in commands] == [["accelerate", "launch"]] * 2
+    from harness.sweep.local import run_env
+
+    env = run_env(runs[0], [])
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert run_env(runs[0], ["2", "3"])["CUDA_VISIBLE_DEVICES"] == "2,3"
+    bad = write_sweep(tmp_path, {"threads_per_process": -1, "grid": {"gpus": [1]}}, "bad")
+    with pytest.raises(C.ConfigError, match="threads_per_process=-1"):
+        expand(bad)
 
 
 def test_slurm_launcher(tmp_path, monkeypatch, capsys):
@@ -130,7 +153,8 @@ def test_slurm_launcher(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="sbatch is not on PATH"):
         S.main([str(path), "launcher=slurm"])
     lines = (tmp_path / "out" / "commands.txt").read_text().splitlines()
-    assert len(lines) == 4 and lines[1].startswith("accelerate launch") and "harness/train.py" in lines[1]
+    assert len(lines) == 4 and all(line.startswith("accelerate launch") for line in lines)
+    assert "harness/train.py" in lines[1] and "--num_processes 1" in lines[0] and "--num_processes 2" in lines[1]
 
 
 def test_array_spec():
@@ -193,6 +217,11 @@ def test_local_launcher_runs_tiny_runs_then_skips_them(tmp_path):
     for name in ("simple_cnn", "lenet5"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["model"] == name
+        # every run through accelerate launch, its threads fixed by the sweep and recorded
+        prov = json.loads((out / name / "provenance.json").read_text())
+        assert prov["launcher"] == "accelerate launch (torchrun)"
+        assert prov["threads"]["torch_threads"] == 1 and prov["threads"]["OMP_NUM_THREADS"] == "1"
+        assert prov["threads"]["MKL_NUM_THREADS"] == "1" and prov["threads"]["set_by"] == "sweep threads_per_process=1"
         assert yaml.safe_load((out / name / "config.yaml").read_text())["run"]["wandb_group"] == "t"
     mtime = (out / "lenet5" / "metrics.jsonl").stat().st_mtime
     again = run_harness([str(path)], module="harness.sweep")

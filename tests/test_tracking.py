@@ -171,6 +171,9 @@ def test_a_run_reads_the_same_from_its_directory_and_from_its_wandb_files(two_ru
                                    config=parts[-1]["config"], summary=summary, scan_history=lambda: history)
     from_files, from_wandb = R.read_run(run, run.parent), R.record_from_wandb(online, "me/harness")
     assert from_files.pop("source") == str(run) and from_wandb.pop("source").startswith("wandb:me/harness/")
+    # threads and launcher come from provenance.json, which W&B does not hold
+    assert (from_files.pop("threads"), from_files.pop("launcher")) == (1, "python")
+    assert (from_wandb.pop("threads"), from_wandb.pop("launcher")) == (None, None)
     assert from_wandb == from_files
     # and a full record: both epochs, validation-based selection, throughput, the config
     assert from_files["epochs_done"] == 2 and from_files["status"] == "complete"

@@ -3,6 +3,7 @@ outputs. The zoo suite is here (it is the loop over rows); the data and ddp suit
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -22,42 +23,53 @@ def default_out() -> str:
 
 def main(argv: list[str] | None = None):
     cfg = parse_args(BenchConfig, argv, prog="python -m harness.bench", usage=USAGE)
-    resolve_defaults(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    resolve_defaults(cfg, device_type)
     check(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    setting = fix_threads(cfg, device_type)
     if cfg.suite != "zoo":
         from harness.provenance import device_names
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device_type)
         out = Path(cfg.out or default_out())
         if cfg.suite == "data":
             from harness.bench import data_suite
 
-            return data_suite.main(cfg, out, device, device_names()[0])
+            return data_suite.main(cfg, out, device, device_names()[0], setting)
         from harness.bench import ddp_suite
 
-        return ddp_suite.main(cfg, out, device_names()[0])
-    return zoo(cfg)
+        return ddp_suite.main(cfg, out, device_names()[0], setting)
+    return zoo(cfg, setting)
 
 
-def zoo(cfg: BenchConfig) -> list[dict]:
-    from accelerate import Accelerator
+def fix_threads(cfg: BenchConfig, device_type: str) -> dict:
+    """Every suite runs with a fixed, recorded thread count (harness.provenance: 1 per process on a CPU);
+    returns what every row records: threads per process and the launcher."""
+    from harness.provenance import default_threads, launcher, set_threads
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = cfg.threads or default_threads(device_type, local)
+    set_threads(n, f"harness.bench threads={cfg.threads or 'auto'}")
+    return {"threads": n, "launcher": launcher()}
+
+
+def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     from accelerate.utils import broadcast_object_list
 
-    from harness.bench.measure import Context, add_scaling, add_speedups, run_row
-    from harness.bench.outputs import COLUMNS, plot_images_per_s, plot_ladder, to_markdown, write_csv
+    from harness import sanity
+    from harness.bench.measure import Context, add_speedups, make_accelerator, measure_group
+    from harness.bench.outputs import write_csv
     from harness.bench.peaks import device_peaks
     from harness.bench.sources import num_workers
+    from harness.bench.specs import group_specs
     from harness.console import Progress
     from harness.provenance import device_names, provenance
     from harness.run.tracker import wandb_mode
     from harness.tables import write_json
 
     specs = sweep_specs(cfg) + ladder_specs(cfg)  # every name checked before anything runs
-    # one Accelerator for topology and DDP; precision and compile vary per row, so they stay out of it.
-    # cpu=True without CUDA: a multi-process launch then forms a gloo group instead of N lone processes
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # one Accelerator for topology and DDP; precision and compile vary per row, so they stay out of it
+    accelerator = make_accelerator()
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main_proc = accelerator.is_main_process
     torch.backends.cudnn.benchmark = True  # fixed shapes: autotune once, during warm-up
@@ -70,9 +82,9 @@ def zoo(cfg: BenchConfig) -> list[dict]:
     device_name = device_names()[device.index or 0] if device.type == "cuda" else device_names()[0]
 
     peaks, peak_figures = device_peaks({s.precision for s in specs}, device, device_name, cfg.peak)
-    ctx = Context(cfg, accelerator, device, rank, world, peaks, device_name)
+    ctx = Context(cfg, accelerator, device, rank, world, peaks, device_name, setting=setting)
     env = {"provenance": provenance(world, device), "config": to_dict(cfg), "device_type": device.type,
-           "peaks": peak_figures, "num_workers": num_workers(cfg.num_workers), "cudnn_benchmark": True}
+           "peaks": peak_figures, "num_workers": num_workers(cfg.num_workers), "cudnn_benchmark": True, **setting}
     run = None
     progress = Progress(len(specs), desc="bench", unit="row", show=main_proc and cfg.run.progress, every_s=0)
     if main_proc:
@@ -82,29 +94,56 @@ def zoo(cfg: BenchConfig) -> list[dict]:
 
             run = wandb.init(project=cfg.run.wandb_project, dir=str(out), mode=wandb_mode(), name=out.name + suffix,
                              job_type="bench", config={**to_dict(cfg), "world_size": world, "device": device_name})
-        print(f"{len(specs)} rows on {device_name} x {world}; MFU peaks: "
+        print(f"{len(specs)} rows on {device_name} x {world}, {setting['threads']} thread(s) per process "
+              f"({setting['launcher']}); MFU peaks: "
               + ", ".join(f"{p} {v[0]:.2f} TFLOP/s ({v[1]}; measured matmul {v[2]:.2f})" for p, v in peaks.items())
               + f" | out {out}", file=sys.stderr)
 
     rows = []
-    for spec in specs:
-        row = run_row(spec, ctx)
-        rows.append(row)
+    for group in group_specs(specs):
+        measured = measure_group(group, ctx)
+        rows += measured
         if not main_proc:
             continue
         add_speedups(rows)
-        write_csv(out / names["csv"], rows)  # after every row: a run stopped half-way keeps what it measured
-        if run:
-            run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        progress.update(1, row=f"{spec.model} {spec.rung or spec.mode} b{spec.batch_size} {spec.precision}")
-        if row.get("error"):
-            progress.write(f"{spec.model} ({spec.rung or spec.mode}): {row['error']}")
+        env["data_source"] = ctx.images.source
+        # after every group: a run stopped half-way keeps what it measured, in both files
+        write_csv(out / names["csv"], rows)
+        write_json(out / names["json"], {"environment": env, "rows": rows})
+        for row in measured:
+            spec = f"{row['model']} {row.get('rung') or row['mode']} b{row['batch_size']} {row['precision']}"
+            if run:
+                run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            progress.update(1, row=spec)
+            if row.get("error"):
+                progress.write(f"{spec}: {row['error']}")
+            sanity.warn(spec, row.get("flags"))
     progress.close()
-    if not main_proc:
-        return rows
+    if main_proc:
+        write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name)
+    # every rank ends together and leaves its process group cleanly: a rank that exits while another still
+    # writes once aborted in gloo's teardown ("terminate called without an active exception")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    failed = [r for r in rows if r.get("error")]
+    if failed and main_proc:
+        raise UserError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(sorted({r['model'] for r in failed}))}); "
+                        f"see the error column of {out / names['csv']}")
+    return rows
+
+
+def write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name) -> None:
+    """The main process's files at the end: scaling efficiency and its checks, plots, CSV, JSON, report."""
+    from harness import sanity
+    from harness.bench.measure import add_scaling
+    from harness.bench.outputs import COLUMNS, plot_images_per_s, plot_ladder, to_markdown, write_csv
+    from harness.tables import write_json
 
     if world > 1:
         env["scaling_note"] = add_scaling(rows, Path(cfg.baseline) if cfg.baseline else out / "bench.csv")
+        for row in rows:
+            sanity.warn(f"{row['model']} {row['mode']} x{world}", [f for f in row.get("flags") or []
+                                                                   if "efficiency" in f or "differs" in f])
     env["data_source"] = ctx.images.source
     plotted = {"images_per_s": plot_images_per_s(rows, out / names["images_per_s"], device_name),
                "ladder": plot_ladder(rows, out / names["ladder"], device_name)}
@@ -123,8 +162,3 @@ def zoo(cfg: BenchConfig) -> list[dict]:
         run.finish()
     print(report)
     print(f"wrote {', '.join(str(out / n) for n in names_written.values())}", file=sys.stderr)
-    failed = [r for r in rows if r.get("error")]
-    if failed:
-        raise UserError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(sorted({r['model'] for r in failed}))}); "
-                        f"see the error column of {out / names['csv']}")
-    return rows

@@ -3,25 +3,36 @@ survives real data compared with synthetic batches already on the device (the mo
 
     python -m harness.bench suite=data [backends=torch,dali,synthetic] [model.name=...] [data.root=data]
 
-Two measurements per batch size, each timed after `warmup` untimed steps as the median of `repeats` runs
-of `steps` (harness.timing: CUDA events on a GPU, perf_counter on a CPU):
+Two measurements per batch size, each after `warmup` untimed steps of every backend:
   1. loader alone: images/s of iterating training batches (augmentation as in training);
-  2. training step: forward + backward + SGD step of each model fed by each backend, and the ratio
-     real-data / synthetic (1.0: the data path costs nothing; lower: the model waits for data).
-Outputs in `out`: data_bench.json and data_bench.md.
+  2. training step: the trainer's step (harness.training.step) of each model fed by each backend, the
+     way training runs it (cudnn.benchmark on; compile=auto decided by training's own rule,
+     harness.training.precision.resolve_compile: on a GPU, off on a CPU, or what the launcher named),
+     and the ratio real-data / synthetic (1.0: the data path costs nothing; lower: the model waits for data).
+The backends of one measurement are timed in alternating rounds (`repeats` rounds, one block of `steps`
+steps of each backend per round, the order reversed every other round: harness.bench.measure.round_order),
+so a drift in the machine's load hits every backend alike; images/s is the median round with n and the
+spread, the ratio the median of the round-by-round ratios. Real data faster than synthetic beyond the
+spread, and a spread wider than half the median, are flagged (harness.sanity). Outputs in `out`:
+data_bench.json (rewritten after every measurement, so a run stopped half-way keeps what it measured)
+and data_bench.md.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from harness import tables
+from harness import sanity, tables
+from harness.bench.measure import make_accelerator, rate_figures, round_order, row_autocast
+from harness.bench.outputs import rate
 from harness.bench.sources import Images, harness_loader
 from harness.bench.specs import BenchConfig, parse_ints, precisions, resolve_models, split
 from harness.errors import UserError
+from harness.stats import spread, summarize
+from harness.tables import write_json
 from harness.timing import time_steps
 
 BACKENDS = ("torch", "dali", "synthetic")
@@ -45,10 +56,30 @@ def resolve_backends(cfg: BenchConfig, device: torch.device) -> tuple[list[str],
     return backends, notes
 
 
-def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, show_progress: bool) -> dict:
+def timed_rounds(steps: dict[str, Callable[[], None]], cfg: BenchConfig, device: torch.device) -> dict[str, list[float]]:
+    """name -> seconds of each round's block: every step warmed up, then `repeats` alternating rounds."""
+    for step in steps.values():
+        time_steps(step, 0, cfg.warmup, 0, device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(cfg.repeats):
+        for name in round_order(list(steps), r):
+            times[name] += time_steps(steps[name], cfg.steps, 0, 1, device)[0]
+    return times
+
+
+def figures(times: list[float], batch_size: int, steps: int) -> dict:
+    return {"batch_size": batch_size, **rate_figures([steps * batch_size / t for t in times]),
+            "step_ms": 1000 * statistics.median(times) / steps, "runs_s": [round(x, 4) for x in times]}
+
+
+def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, setting: dict,
+        show_progress: bool) -> dict:
+    from harness.config import OptimConfig, to_dict
     from harness.console import Progress
     from harness.models import create_model
     from harness.provenance import library_versions
+    from harness.training.optim import build_optimizer
+    from harness.training.step import cross_entropy, optimizer_step, train_step
 
     backends, notes = resolve_backends(cfg, device)
     models = resolve_models(cfg.model.name, "model.name")
@@ -56,80 +87,102 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, sho
     precision = precisions(cfg)
     if len(precision) != 1:
         raise UserError(f"precision={cfg.precision}: suite=data runs one precision (fp32 or bf16)")
-    amp = precision[0] == "bf16"
+    autocast = row_autocast(precision[0], device)
+    accelerator = make_accelerator()  # the trainer's step needs one; precision stays the row's own
+    torch.backends.cudnn.benchmark = True  # as harness.train: fixed shapes, autotuned during warm-up
     images = Images(cfg.data)
     x_all, y_all = images.get()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    progress = Progress(len(batch_sizes) * len(backends) * (1 + len(models)), desc="data bench", unit="row",
+    progress = Progress(len(batch_sizes) * (1 + len(models)), desc="data bench", unit="measurement",
                         show=show_progress, every_s=0)
+    on_gpu = device.type == "cuda"
+    result = {
+        "config": to_dict(cfg),
+        "device": device_name if on_gpu else device_name + " -- not a GPU measurement",
+        "gpu": on_gpu, "data": images.source, "versions": library_versions(), **setting,
+        "method": (f"{cfg.warmup} warm-up steps untimed per backend, then {cfg.repeats} alternating rounds of "
+                   f"{cfg.steps} steps of each backend, timed with " + ("CUDA events" if on_gpu else "time.perf_counter")
+                   + f"; images/s the median round (n, spread), {setting['threads']} CPU thread(s)"),
+        "notes": notes, "loaders": [], "training": []}
+    out.mkdir(parents=True, exist_ok=True)
+    loss_fn = cross_entropy()
 
     def make_loader(backend: str, batch_size: int):
         return harness_loader(backend, x_all, y_all, batch_size, train=True, data=cfg.data, device=device,
                               channels_last=cfg.channels_last, seed=cfg.run.seed)
 
-    def summary(times: list[float], batch_size: int) -> dict:
-        t = statistics.median(times)
-        return {"batch_size": batch_size, "images_per_s": cfg.steps * batch_size / t,
-                "step_ms": 1000 * t / cfg.steps, "runs_s": [round(x, 4) for x in times]}
-
-    def measure(step) -> list[float]:
-        return time_steps(step, cfg.steps, cfg.warmup, cfg.repeats, device)[0]
-
-    loader_rows, train_rows = [], []
     for batch_size in batch_sizes:
-        for backend in backends:
-            it = make_loader(backend, batch_size).endless()
-            loader_rows.append({"backend": backend, **summary(measure(lambda: next(it)), batch_size)})
-            it.close()
-            progress.update(1, row=f"loader {backend} b{batch_size}")
+        its = {b: make_loader(b, batch_size).endless() for b in backends}
+        try:
+            times = timed_rounds({b: (lambda it=it: next(it)) for b, it in its.items()}, cfg, device)
+        finally:
+            for it in its.values():
+                it.close()
+        for b in backends:
+            r = {"backend": b, **figures(times[b], batch_size, cfg.steps), **setting}
+            r["flags"] = sanity.collect(sanity.unstable(summarize(r["rounds_images_per_s"]), " images/s"))
+            result["loaders"].append(r)
+            sanity.warn(f"loader {b} b{batch_size}", r["flags"])
+        write_json(out / "data_bench.json", result)
+        progress.update(1, row=f"loaders b{batch_size}")
         for name in models:
+            compiled, mode = bool(cfg.compile), cfg.compile_mode
+            steps, its = {}, []
             for backend in backends:
-                torch.manual_seed(cfg.run.seed)
+                torch.manual_seed(cfg.run.seed)  # every backend's model starts from the same weights
                 model = create_model(name, num_classes=10).to(device, memory_format=memory_format)
-                opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-                fwd = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+                optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=5e-4), lr=0.1)
+                net = torch.compile(model, mode=mode) if compiled else model
                 it = make_loader(backend, batch_size).endless()
+                its.append(it)
 
-                def step():
+                def step(net=net, it=it, optimizer=optimizer):
                     x, y = next(it)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        loss = torch.nn.functional.cross_entropy(fwd(x), y)
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-
-                try:
-                    train_rows.append({"model": name, "backend": backend, **summary(measure(step), batch_size)})
-                finally:
+                    train_step(net, x, y, accelerator, loss_fn, divisor=1, sync=True, autocast=autocast)
+                    optimizer_step(optimizer, net, accelerator)
+                steps[backend] = step
+            try:
+                times = timed_rounds(steps, cfg, device)
+            finally:
+                for it in its:
                     it.close()
-                    if cfg.compile:
-                        torch.compiler.reset()
-                progress.update(1, row=f"{name} {backend} b{batch_size}")
-            synthetic = next((r for r in train_rows if r["model"] == name and r["backend"] == "synthetic"
-                              and r["batch_size"] == batch_size), None)
-            for r in train_rows:
-                if r["model"] == name and r["batch_size"] == batch_size and synthetic:
-                    r["vs_synthetic"] = r["images_per_s"] / synthetic["images_per_s"]
+                if compiled:
+                    torch.compiler.reset()  # forget this model's graphs before the next model
+            rows = [{"model": name, "backend": b, "compile": compiled, "compile_mode": mode if compiled else None,
+                     **figures(times[b], batch_size, cfg.steps), **setting} for b in backends]
+            add_ratios(rows)
+            for r in rows:
+                sanity.warn(f"{name} {r['backend']} b{batch_size}", r["flags"])
+            result["training"] += rows
+            write_json(out / "data_bench.json", result)  # after every model: nothing measured is lost
+            progress.update(1, row=f"{name} b{batch_size}")
     progress.close()
-    on_gpu = device.type == "cuda"
-    return {
-        "config": _config(cfg),
-        "device": device_name if on_gpu else device_name + " -- not a GPU measurement",
-        "gpu": on_gpu,
-        "data": images.source,
-        "versions": library_versions(),
-        "method": (f"{cfg.warmup} warm-up steps untimed, then the median of {cfg.repeats} runs of {cfg.steps} "
-                   f"steps, timed with " + ("CUDA events" if on_gpu else "time.perf_counter")),
-        "notes": notes,
-        "loaders": loader_rows,
-        "training": train_rows,
-    }
+    return result
 
 
-def _config(cfg: BenchConfig) -> dict:
-    from harness.config import to_dict
+def add_ratios(rows: list[dict]) -> None:
+    """Each backend against synthetic (rows of one model and batch, timed in the same rounds): the median
+    of the round-by-round ratios with their spread, and the checks: real data faster than synthetic
+    beyond the spread, and a spread wider than half the median."""
+    synthetic = next((r for r in rows if r["backend"] == "synthetic"), None)
+    for r in rows:
+        rates = summarize(r["rounds_images_per_s"])
+        flags = [sanity.unstable(rates, " images/s")]
+        if synthetic:
+            ratio = summarize([a / b for a, b in zip(r["rounds_images_per_s"], synthetic["rounds_images_per_s"])])
+            low, high, _ = spread(ratio)
+            r.update(vs_synthetic=ratio["median"], vs_synthetic_low=low, vs_synthetic_high=high)
+            if r is not synthetic:
+                flags.append(sanity.real_vs_synthetic(rates, summarize(synthetic["rounds_images_per_s"])))
+        r["flags"] = sanity.collect(*flags)
 
-    return to_dict(cfg)
+
+def ratio_text(r: dict) -> str:
+    if r.get("vs_synthetic") is None:
+        return "-"
+    if r.get("vs_synthetic_low") is None or r["vs_synthetic_low"] == r["vs_synthetic_high"]:
+        return f"{r['vs_synthetic']:.2f}"
+    return f"{r['vs_synthetic']:.2f} ({r['vs_synthetic_low']:.2f}–{r['vs_synthetic_high']:.2f})"
 
 
 def to_markdown(result: dict) -> str:
@@ -137,28 +190,30 @@ def to_markdown(result: dict) -> str:
     d = cfg["data"]
     lines = [f"# Data-pipeline benchmark on {result['device']}", "",
              f"Data: {result['data']}. {cfg['precision']}, channels_last={cfg['channels_last']}, "
-             f"compile={cfg['compile']}, augment={d['augment']} (padding {d['crop_padding']}, cutout "
-             f"{d['cutout']}); {result['method']}.", ""]
+             f"compile={cfg['compile']} (as training decides it), augment={d['augment']} (padding "
+             f"{d['crop_padding']}, cutout {d['cutout']}); {result['method']}; launched by {result.get('launcher')}.",
+             ""]
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     lines += ["", "## Loader alone", "", tables.markdown_table(
-        ["backend", "batch", "images/s", "ms/batch"],
-        [[r["backend"], r["batch_size"], f"{r['images_per_s']:,.0f}", f"{r['step_ms']:.2f}"] for r in result["loaders"]],
-        align="lrrr")]
+        ["backend", "batch", "images/s (n, spread)", "ms/batch", "flags"],
+        [[r["backend"], r["batch_size"], rate(r), f"{r['step_ms']:.2f}", sanity.text(r.get("flags"))]
+         for r in result["loaders"]], align="lrrrl")]
     if result["training"]:
         lines += ["", "## Training step (forward + backward + SGD), against synthetic batches (the model alone)",
                   "", tables.markdown_table(
-                      ["model", "backend", "batch", "images/s", "ms/step", "vs synthetic"],
-                      [[r["model"], r["backend"], r["batch_size"], f"{r['images_per_s']:,.0f}", f"{r['step_ms']:.2f}",
-                        tables.num(r.get("vs_synthetic"), ".2f")] for r in result["training"]],
-                      align="llrrrr")]
+                      ["model", "compile", "backend", "batch", "images/s (n, spread)", "ms/step",
+                       "vs synthetic (min–max of rounds)", "flags"],
+                      [[r["model"], r.get("compile_mode") or "eager", r["backend"], r["batch_size"], rate(r),
+                        f"{r['step_ms']:.2f}", ratio_text(r), sanity.text(r.get("flags"))]
+                       for r in result["training"]],
+                      align="lllrrrrl")]
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: BenchConfig, out: Path, device: torch.device, device_name: str) -> dict:
-    result = run(cfg, out, device, device_name, cfg.run.progress)
+def main(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, setting: dict) -> dict:
+    result = run(cfg, out, device, device_name, setting, cfg.run.progress)
     report = to_markdown(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "data_bench.json", result)
     (out / "data_bench.md").write_text(report)
     print(report)
     return result

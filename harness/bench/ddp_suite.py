@@ -4,11 +4,18 @@ i.e. gradient hooks, copying gradients into 25 MB buckets, the all-reduce call p
 
     python -m harness.bench suite=ddp [model.name=resnet18] [batch_sizes=32] [steps=10] [repeats=3] [threads=N]
 
-Both models start from the same weights and see the same batch, in fp32. Each of `repeats` rounds times
-a block of `steps` steps of each, in alternating order (plain first in even rounds, DDP first in odd
-ones), so a drift in machine load hits both alike; the overhead reported is the median over rounds of
-(DDP block median / plain block median - 1), beside the overall median step times. Output in `out`:
-ddp_overhead.json. On a GPU the model and batch move to cuda:0 (nccl); on a CPU gloo.
+Both models start from the same weights and see the same batch, in fp32, through the trainer's own step
+(harness.training.step.train_step and optimizer_step) with a real accelerate.Accelerator: made with
+mixed_precision="no" and never asked to prepare() anything, it only supplies backward (plain
+loss.backward(), through DDP's hooks for the wrapped model); the suite wraps DDP itself, because
+accelerate does not wrap a model in DDP for one process. Each of `repeats` rounds times a block of
+`steps` steps of each, in alternating order (harness.bench.measure.round_order), after `warmup`
+untimed steps of each; the overhead is the median over rounds of (DDP block median / plain block median
+- 1), with n and its spread, beside the median step times. A spread wider than half its median (of
+either step time, or of the DDP / plain ratio) is flagged (harness.sanity). The campaign's smoke run
+once printed "overhead +2829%": torch's default 2 threads on the shared 2-core CPU made a lenet5 step
+take 54-200 ms instead of 2.5 ms (harness.provenance), and 2-step blocks let one stall decide a round. Output in `out`: ddp_overhead.json. On a GPU the model and batch move
+to cuda:0 (nccl); on a CPU gloo.
 """
 from __future__ import annotations
 
@@ -21,28 +28,30 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from harness import sanity
+from harness.bench.measure import make_accelerator, round_order, row_autocast
 from harness.bench.specs import BenchConfig, parse_ints, resolve_models
 from harness.errors import UserError
+from harness.stats import format_median, spread, summarize
 
-
-def step_times(model, optimizer, x, y, steps: int, sync) -> list[float]:
+def step_times(step, steps: int, sync) -> list[float]:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        step()
         sync()
         times.append(time.perf_counter() - t0)
     return times
 
 
-def run(cfg: BenchConfig, device_name: str) -> dict:
+def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
+    from harness.config import OptimConfig
     from harness.console import Progress
     from harness.models import count_params, create_model
     from harness.provenance import library_versions
+    from harness.training.optim import build_optimizer
+    from harness.training.step import cross_entropy, optimizer_step, train_step
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("suite=ddp builds its own one-process group: run it with python -m harness.bench, "
@@ -52,51 +61,73 @@ def run(cfg: BenchConfig, device_name: str) -> dict:
         raise UserError(f"suite=ddp measures one model at one batch size (model.name={cfg.model.name}, "
                         f"batch_sizes={cfg.batch_sizes}); run it once per model")
     model_name, batch = models[0], batch_sizes[0]
+    accelerator = make_accelerator()
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # a one-process group: world size 1 keeps every DDP code path (hooks, buckets, all-reduce call)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    warmup = cfg.warmup
     try:
         torch.manual_seed(cfg.run.seed)
         plain = create_model(model_name).to(device)
         wrapped = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(plain))  # default 25 MB buckets
-        opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
-        opt_ddp = torch.optim.SGD(wrapped.parameters(), lr=0.01, momentum=0.9)
         x = torch.randn(batch, 3, 32, 32, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        step_times(plain, opt_plain, x, y, cfg.warmup, sync)
-        step_times(wrapped, opt_ddp, x, y, cfg.warmup, sync)
-        plain_t, ddp_t, ratios = [], [], []
+        loss_fn = cross_entropy()
+        fp32 = row_autocast("fp32", device)  # the suite runs fp32, whatever a launcher exported
+
+        def make_step(model):
+            optimizer = build_optimizer(model, OptimConfig(lr=0.01), lr=0.01)
+
+            def step():
+                train_step(model, x, y, accelerator, loss_fn, divisor=1, sync=True, autocast=fp32)
+                optimizer_step(optimizer, model, accelerator)
+            return step
+        steps = {"plain": make_step(plain), "ddp": make_step(wrapped)}
+        for step in steps.values():
+            step_times(step, warmup, sync)
+        blocks: dict[str, list[list[float]]] = {"plain": [], "ddp": []}
         progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.run.progress, every_s=0)
         for r in range(cfg.repeats):
-            blocks = {}
-            for name in (("plain", "ddp") if r % 2 == 0 else ("ddp", "plain")):
-                model, opt = (plain, opt_plain) if name == "plain" else (wrapped, opt_ddp)
-                blocks[name] = step_times(model, opt, x, y, cfg.steps, sync)
-            plain_t += blocks["plain"]
-            ddp_t += blocks["ddp"]
-            ratios.append(statistics.median(blocks["ddp"]) / statistics.median(blocks["plain"]))
+            for name in round_order(["plain", "ddp"], r):
+                blocks[name].append(step_times(steps[name], cfg.steps, sync))
             progress.update(1)
         progress.close()
     finally:
         dist.destroy_process_group()
-    p, d = statistics.median(plain_t), statistics.median(ddp_t)
-    ratio = statistics.median(ratios)
+    plain_ms = summarize(1000 * statistics.median(b) for b in blocks["plain"])
+    ddp_ms = summarize(1000 * statistics.median(b) for b in blocks["ddp"])
+    ratio = summarize(statistics.median(d) / statistics.median(p) for p, d in zip(blocks["plain"], blocks["ddp"]))
+    overhead = summarize(100 * (statistics.median(d) / statistics.median(p) - 1)
+                         for p, d in zip(blocks["plain"], blocks["ddp"]))
+    low, high, name = spread(overhead)
+    p = statistics.median(t for b in blocks["plain"] for t in b)
+    d = statistics.median(t for b in blocks["ddp"] for t in b)
     return {"model": model_name, "params": count_params(plain), "batch": batch, "device": device_name,
-            "threads": torch.get_num_threads(), "backend": backend, "steps_each": len(plain_t),
+            **setting, "backend": backend, "warmup_each": warmup, "rounds": cfg.repeats,
+            "steps_each": sum(map(len, blocks["plain"])),
             "plain_step_ms": 1000 * p, "ddp_step_ms": 1000 * d, "overhead_ms": 1000 * (d - p),
-            "overhead_pct": 100 * (ratio - 1), "overhead_pct_per_round": [round(100 * (q - 1), 1) for q in ratios],
+            "plain_round_ms": plain_ms, "ddp_round_ms": ddp_ms,
+            "overhead_pct": overhead["median"], "overhead_pct_n": overhead["n"], "overhead_pct_low": low,
+            "overhead_pct_high": high, "spread": name,
+            "overhead_pct_per_round": [round(100 * (statistics.median(d) / statistics.median(p) - 1), 1)
+                                       for p, d in zip(blocks["plain"], blocks["ddp"])],
+            "flags": sanity.collect(sanity.unstable(plain_ms, " ms (plain)"), sanity.unstable(ddp_ms, " ms (DDP)"),
+                                    sanity.unstable(ratio, "x (DDP / plain)")),
             "versions": {k: v for k, v in library_versions().items() if k in ("python", "torch", "harness")}}
 
 
-def main(cfg: BenchConfig, out: Path, device_name: str) -> dict:
-    result = run(cfg, device_name)
+def main(cfg: BenchConfig, out: Path, device_name: str, setting: dict) -> dict:
+    result = run(cfg, device_name, setting)
     print(f"{result['model']} ({result['params'] / 1e6:.2f}M params), batch {result['batch']}, {result['device']}, "
-          f"{result['threads']} threads, median of {result['steps_each']} steps each:\n"
-          f"  plain {result['plain_step_ms']:.1f} ms/step | DDP (1-process {result['backend']}) "
-          f"{result['ddp_step_ms']:.1f} ms/step | overhead {result['overhead_pct']:+.1f}% (median over "
-          f"{cfg.repeats} rounds: {', '.join(f'{v:+.1f}' for v in result['overhead_pct_per_round'])})")
+          f"{result['threads']} thread(s), {result['warmup_each']} warm-up steps each, then {result['rounds']} "
+          f"alternating rounds of {cfg.steps} steps each:\n"
+          f"  plain {format_median(result['plain_round_ms'], '.2f', ' ms/step')} | DDP (1-process "
+          f"{result['backend']}) {format_median(result['ddp_round_ms'], '.2f', ' ms/step')} | overhead "
+          f"{result['overhead_pct']:+.1f}% (median of {result['overhead_pct_n']} rounds, {result['spread']} "
+          f"{result['overhead_pct_low']:+.1f}–{result['overhead_pct_high']:+.1f}%)")
+    sanity.warn(f"ddp {result['model']}", result["flags"])
     print(json.dumps(result))
     out.mkdir(parents=True, exist_ok=True)
     (out / "ddp_overhead.json").write_text(json.dumps(result, indent=2) + "\n")

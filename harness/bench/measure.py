@@ -1,5 +1,13 @@
-"""One zoo row, timed honestly: build the model and its data source, warm up, time `repeats` runs of
-`steps` steps (harness.timing), halve the batch on out-of-memory, and turn images/s into TFLOP/s and MFU.
+"""The zoo's rows, timed honestly: rows that are compared with each other (one configuration's precisions,
+one model's ladder rungs) are built and warmed up together, then timed in alternating rounds; each row's
+images/s carries n, its median and its spread, and is checked (harness.sanity) before it is written.
+
+A round times one block of `steps` steps of every row of the group, in alternating order (forward in even
+rounds, backward in odd ones: harness.bench.ddp_suite's scheme), so a drift in the machine's load hits
+every row alike, and ratios between rows (the ladder's speed-ups) are taken round by round. A training
+step is the trainer's own (harness.training.step.train_step and optimizer_step) under the row's own
+autocast: the benchmark's Accelerator is made with mixed_precision="no", so a launcher's
+ACCELERATE_MIXED_PRECISION=bf16 cannot turn an fp32 row into bf16.
 
 With N processes every rank measures its share; ranks agree on every outcome before any collective that
 depends on it (a small all-reduce of a failure flag), so one rank's out-of-memory makes all ranks retry at
@@ -11,15 +19,17 @@ import csv
 import gc
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from harness import sanity
 from harness.bench.sources import Images, batches, num_workers
 from harness.bench.specs import BenchConfig, Spec, skip_reason
 from harness.errors import UserError
+from harness.stats import spread, summarize
 from harness.timing import percentile, time_steps
 
 # Test hook: the rank named here raises torch.OutOfMemoryError at the first step of every row's first
@@ -39,9 +49,24 @@ class Context:
     peaks: dict  # precision -> (TFLOP/s used for MFU, 'table' | 'measured', measured matmul TFLOP/s)
     device_name: str
     images: Images | None = None
+    setting: dict = field(default_factory=dict)  # threads and launcher, written into every row
 
     def __post_init__(self):
         self.images = self.images or Images(self.cfg.data)
+
+
+def make_accelerator():
+    """The benchmark's one Accelerator: topology and DDP only. mixed_precision="no" explicitly, whatever
+    the launcher exported (ACCELERATE_MIXED_PRECISION): precision is each row's, by its own autocast.
+    cpu=True without CUDA: a multi-process launch then forms a gloo group instead of N lone processes."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+
+
+def row_autocast(precision: str, device: torch.device) -> Callable:
+    """The row's autocast context (bf16 rows: bfloat16 autocast; fp32 rows: none)."""
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def agree(ctx: Context, status: int) -> int:
@@ -56,46 +81,67 @@ class PeerFailed(RuntimeError):
     """Another rank failed this row; this rank stops it too, so the next row starts together."""
 
 
-def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
-    """Build the model and its data source, time it; this rank's images/s and step times."""
+@dataclass
+class Variant:
+    """One row being measured: its step, what to close, and its timings so far."""
+    spec: Spec
+    batch_size: int
+    step: Callable[[], None]
+    close: Callable[[], None]
+    warmup_s: float = 0.0
+    runs: list = field(default_factory=list)  # seconds per timed block (one per round)
+    per_step: list = field(default_factory=list)  # seconds per timed step, all rounds
+    peak_mem_mb: float = 0.0
+    error: str | None = None
+
+
+def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
+    """The row's model, data source and step, its first step probed (ranks agree on out-of-memory before
+    DDP wraps the model), then DDP and compile as in training. Not yet warmed up."""
     from harness.config import OptimConfig
     from harness.models import create_model
     from harness.training.optim import build_optimizer
-    from harness.provenance import peak_memory_mb
+    from harness.training.step import cross_entropy, optimizer_step, train_step
 
     cfg, device, acc = ctx.cfg, ctx.device, ctx.accelerator
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.run.seed)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format)
     source = batches(spec, batch_size, ctx.images, device=device, data=cfg.data, workers=num_workers(cfg.num_workers),
                      seed=cfg.run.seed, rank=ctx.rank, world=ctx.world)
-    amp = spec.precision == "bf16"  # the bench sweeps precisions in one process, so autocast is explicit
+    autocast = row_autocast(spec.precision, device)
     inject = os.environ.get(INJECT_OOM_ENV) == str(ctx.rank) and batch_size == spec.batch_size
+
+    def close():
+        source.close()  # stops DataLoader workers now, not at garbage collection
+
     try:
         if spec.mode == "train":
-            # the training loop's own optimiser (SGD momentum, fused where the device has the kernel)
-            optimizer = build_optimizer(model, OptimConfig(lr=0.01), lr=0.01)
+            # seed 001's SGD hyperparameters; the harness's optimiser (fused where the device has the
+            # kernel) unless the row is the seeds' own loop
+            if spec.fused:
+                optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=5e-4), lr=0.1)
+            else:
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            loss_fn = cross_entropy()
 
-            def run_step(net, opt, backward):
+            def run_step(net):
                 x, y = next(source)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(net(x).float(), y)
-                backward(loss)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                stats = train_step(net, x, y, acc, loss_fn, divisor=1, sync=True, autocast=autocast)
+                optimizer_step(optimizer, net, acc)
+                if not spec.overlap:
+                    stats.tolist()  # the seeds' loop reads loss and accuracy every step (its progress bar)
 
             # the first step on this rank's own model, before DDP wraps it: no collective inside, so a
             # rank that runs out of memory here can tell the others before anyone waits on it
-            probe = lambda: run_step(model, optimizer, lambda loss: loss.backward())  # noqa: E731
+            probe = lambda: run_step(model)  # noqa: E731
         else:
             model.eval()
             net = torch.compile(model, mode=cfg.compile_mode) if spec.compile else model
 
             def step():
                 x, _ = next(source)
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.no_grad(), autocast():
                     net(x)
             probe = step
         status, error = OK, None
@@ -117,20 +163,27 @@ def measure(spec: Spec, batch_size: int, ctx: Context) -> dict:
         if spec.mode == "train":
             wrapped, optimizer = acc.prepare(model, optimizer)  # DDP when world > 1
             net = torch.compile(wrapped, mode=cfg.compile_mode) if spec.compile else wrapped  # DDP, then compile
-            step = lambda: run_step(net, optimizer, acc.backward)  # noqa: E731
-        acc.wait_for_everyone()  # ranks start warm-up together
-        runs, per_step, warmup_s = time_steps(step, cfg.steps, cfg.warmup, cfg.repeats, device)
-    finally:
-        source.close()  # stops DataLoader workers now, not at garbage collection
-        acc.free_memory()
-        if spec.compile:
-            # forget this row's graphs: rows of one family share forward()'s code object, and past
-            # dynamo's recompile limit (8) a later row would silently run eager
-            torch.compiler.reset()
-    return {"images_per_s": batch_size * cfg.steps / statistics.median(runs),
-            "step_ms": 1000 * statistics.median(per_step), "step_ms_p10": 1000 * percentile(per_step, 10),
-            "step_ms_p90": 1000 * percentile(per_step, 90), "peak_mem_mb": peak_memory_mb(device),
-            "warmup_s": warmup_s}
+            step = lambda: run_step(net)  # noqa: E731
+    except BaseException:
+        close()
+        raise
+    return Variant(spec, batch_size, step, close)
+
+
+def build_with_retry(spec: Spec, ctx: Context) -> Variant:
+    """build() at the row's batch; on out-of-memory halve the batch and retry. Raises
+    torch.OutOfMemoryError if even one image does not fit. Ranks agree on out-of-memory inside build(), so
+    with N processes all of them halve together."""
+    batch_size = spec.batch_size
+    while True:
+        try:
+            return build(spec, batch_size, ctx)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+        # outside the except block: its traceback no longer pins the failed step's tensors
+        free_device_memory(ctx.device)
+        batch_size //= 2
 
 
 def latency(spec: Spec, ctx: Context) -> dict:
@@ -143,16 +196,18 @@ def latency(spec: Spec, ctx: Context) -> dict:
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format).eval()
     net = torch.compile(model, mode=cfg.compile_mode) if spec.compile else model
     x = torch.randn(1, 3, 32, 32, device=device).to(memory_format=memory_format)
+    autocast = row_autocast(spec.precision, device)
 
     def step():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16"):
+        with torch.no_grad(), autocast():
             net(x)
     try:
         _, per_step, _ = time_steps(step, cfg.steps, cfg.warmup, cfg.repeats, device)
     finally:
         if spec.compile:
             torch.compiler.reset()
-    return {"latency_ms_p50": 1000 * statistics.median(per_step), "latency_ms_p90": 1000 * percentile(per_step, 90)}
+    return {"latency_ms_p50": 1000 * statistics.median(per_step), "latency_ms_p90": 1000 * percentile(per_step, 90),
+            "latency_n": len(per_step)}
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -161,62 +216,132 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_with_retry(measure_fn, spec: Spec, device: torch.device) -> tuple[dict, int]:
-    """measure_fn(batch_size) -> figures; on out-of-memory halve the batch and retry. Returns the figures
-    and the batch size that ran. Raises torch.OutOfMemoryError if even one image does not fit. Ranks agree
-    on out-of-memory inside measure(), so with N processes all of them halve together."""
-    batch_size = spec.batch_size
-    while True:
-        try:
-            return measure_fn(batch_size), batch_size
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-        # outside the except block: its traceback no longer pins the failed step's tensors
-        free_device_memory(device)
-        batch_size //= 2
-
-
 def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
-def run_row(spec: Spec, ctx: Context) -> dict:
+def base_row(spec: Spec, ctx: Context) -> dict:
     from harness.models import model_facts
 
     facts = model_facts(spec.model)
-    row = {**{k: getattr(spec, k) for k in ("model", "batch_size", "precision", "channels_last", "compile",
-                                              "data", "mode", "rung")},
-           "params": facts["params"], "gflops": facts["gflops"], "device": ctx.device_name,
-           "world_size": ctx.world}
+    return {**{k: getattr(spec, k) for k in ("model", "batch_size", "precision", "channels_last", "compile",
+                                             "data", "mode", "rung", "overlap", "fused")},
+            "params": facts["params"], "gflops": facts["gflops"], "device": ctx.device_name,
+            "world_size": ctx.world, **ctx.setting}
+
+
+def round_order(items: list, r: int) -> list:
+    """The order of round `r`: as given in even rounds, reversed in odd ones, so a drift in the machine's
+    load hits every compared row alike (every suite's rounds use it)."""
+    return list(items) if r % 2 == 0 else list(reversed(items))
+
+
+def rate_figures(rates: list[float]) -> dict:
+    """A row's images/s from its rounds: the median round, n, and the spread (harness.stats.spread)."""
+    s = summarize(rates)
+    low, high, name = spread(s)
+    return {"images_per_s": s["median"], "images_per_s_n": s["n"], "images_per_s_low": low,
+            "images_per_s_high": high, "spread": name, "rounds_images_per_s": list(rates)}
+
+
+def timed_block(v: Variant, ctx: Context) -> None:
+    """One round's block of `steps` steps of one row; an error ends the row, not the group."""
+    device = ctx.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if ctx.world > 1:
+        ctx.accelerator.wait_for_everyone()  # ranks start each block together
+    try:
+        runs, per_step, _ = time_steps(v.step, ctx.cfg.steps, 0, 1, device)
+    except Exception as e:  # noqa: BLE001 - recorded in the row; the group's other rows go on
+        v.error = error_text(e)
+        return
+    v.runs += runs
+    v.per_step += per_step
+    from harness.provenance import peak_memory_mb
+
+    v.peak_mem_mb = max(v.peak_mem_mb, peak_memory_mb(device))
+
+
+def measure_group(specs: list[Spec], ctx: Context) -> list[dict]:
+    """Rows measured together: each built (OOM halving) and warmed up, then `repeats` rounds of one timed
+    block each, in alternating order; then every row's figures, in the order of `specs`."""
+    cfg = ctx.cfg
+    live: dict[Spec, Variant] = {}
+    errors: dict[Spec, str] = {}
+    try:
+        for spec in specs:
+            if skip_reason(spec, cfg, ctx.device):
+                continue
+            try:
+                v = build_with_retry(spec, ctx)
+                live[spec] = v
+                if ctx.world > 1:
+                    ctx.accelerator.wait_for_everyone()  # ranks start warm-up together
+                _, _, v.warmup_s = time_steps(v.step, 0, cfg.warmup, 0, ctx.device)
+            except torch.OutOfMemoryError:
+                free_device_memory(ctx.device)
+                errors[spec] = "out of memory even at batch size 1"
+            except UserError as e:
+                errors[spec] = str(e)
+            except Exception as e:  # noqa: BLE001 - a model that fails to compile must not end a zoo-wide run
+                errors[spec] = error_text(e)
+            if spec in errors and spec in live:
+                live.pop(spec).close()
+        for r in range(cfg.repeats):
+            for v in round_order(list(live.values()), r):
+                if v.error is None:
+                    timed_block(v, ctx)
+    finally:
+        for v in live.values():
+            v.close()
+        if any(s.compile for s in specs):
+            # forget this group's graphs: rows of one family share forward()'s code object, and past
+            # dynamo's recompile limit (8) a later row would silently run eager
+            torch.compiler.reset()
+        free_device_memory(ctx.device)
+    rows = []
+    for spec in specs:
+        v = live.get(spec)
+        rows.append(finish_row(spec, v, errors.get(spec) or (v.error if v else None), ctx))
+    return rows
+
+
+def finish_row(spec: Spec, v: Variant | None, error: str | None, ctx: Context) -> dict:
+    """The row's figures from its timed blocks (summed over ranks, round by round), checked."""
+    from harness.models import model_facts
+
+    row = base_row(spec, ctx)
     reason = skip_reason(spec, ctx.cfg, ctx.device)
     if reason:
         return {**row, "skip_reason": reason}
-    figures, error = None, None
-    try:
-        figures, batch_size = measure_with_retry(lambda b: measure(spec, b, ctx), spec, ctx.device)
-        if ctx.cfg.latency and (spec.mode == "infer" or ctx.cfg.mode == "train") and not spec.rung:
-            figures.update(latency(spec, ctx))
-    except torch.OutOfMemoryError:
-        free_device_memory(ctx.device)
-        error = "out of memory even at batch size 1"
-    except UserError as e:
-        error = str(e)
-    except Exception as e:  # noqa: BLE001 - a model that fails to compile must not end a zoo-wide run
-        error = error_text(e)
-    # one collective for every rank, failed or not: the summed images/s and whether anyone failed
-    mine = torch.tensor([figures["images_per_s"] if figures else 0.0, float(error is not None)],
+    cfg = ctx.cfg
+    rates = [v.batch_size * cfg.steps / t for t in v.runs] if v and not error else []
+    # one collective for every rank, failed or not: each round's images/s summed, and whether anyone failed
+    mine = torch.tensor(([0.0] * cfg.repeats if len(rates) != cfg.repeats else rates) + [float(bool(error))],
                         device=ctx.device, dtype=torch.float64)
-    total, failed = (ctx.accelerator.reduce(mine, "sum") if ctx.world > 1 else mine).tolist()
+    total = (ctx.accelerator.reduce(mine, "sum") if ctx.world > 1 else mine).tolist()
+    rounds, failed = total[:-1], total[-1]
     if error or failed:
         return {**row, "error": error or "failed on another rank (see its error)"}
-    per_device = total / ctx.world
-    tflops = total * facts["gflops"] * (3 if spec.mode == "train" else 1) / 1e3  # 3x forward: fwd + bwd
+    row.update(rate_figures(rounds))
+    facts = model_facts(spec.model)
+    ips = row["images_per_s"]
+    per_step = v.per_step
+    tflops = ips * facts["gflops"] * (3 if spec.mode == "train" else 1) / 1e3  # 3x forward: fwd + bwd
     peak, source, measured = ctx.peaks[spec.precision]
-    row.update(figures, images_per_s=total, per_device_images_per_s=per_device, batch_size=batch_size,
-               oom_retry_from=spec.batch_size if batch_size != spec.batch_size else None,
+    row.update(per_device_images_per_s=ips / ctx.world, batch_size=v.batch_size,
+               oom_retry_from=spec.batch_size if v.batch_size != spec.batch_size else None,
+               step_ms=1000 * statistics.median(per_step), step_ms_p10=1000 * percentile(per_step, 10),
+               step_ms_p90=1000 * percentile(per_step, 90), peak_mem_mb=v.peak_mem_mb, warmup_s=v.warmup_s,
                tflops=tflops, mfu=tflops / ctx.world / peak, peak_tflops=peak, peak_source=source,
                achievable_tflops=measured, mfu_achievable=tflops / ctx.world / measured)
+    if cfg.latency and (spec.mode == "infer" or cfg.mode == "train") and not spec.rung:
+        try:
+            row.update(latency(spec, ctx))
+        except Exception as e:  # noqa: BLE001 - the throughput figures stand; the latency says why it is missing
+            row["latency_error"] = error_text(e)
+    row["flags"] = sanity.collect(sanity.unstable(summarize(rounds), " images/s"), sanity.mfu(row["mfu"], source))
     return row
 
 
@@ -224,17 +349,29 @@ def run_row(spec: Spec, ctx: Context) -> dict:
 # derived columns
 
 
+def _ratios(a: dict, b: dict) -> list[float]:
+    """Round-by-round ratios of two rows' images/s (rows of one group: their rounds are paired)."""
+    x, y = a.get("rounds_images_per_s") or [], b.get("rounds_images_per_s") or []
+    if len(x) == len(y) and x:
+        return [p / q for p, q in zip(x, y)]
+    return [a["images_per_s"] / b["images_per_s"]]
+
+
 def add_speedups(rows: list[dict]) -> None:
-    """Ladder rows: speed-up over the previous measured rung and over the model's baseline rung."""
-    first: dict[str, float] = {}
-    previous: dict[str, float] = {}
+    """Ladder rows: speed-up over the previous measured rung and over the model's baseline rung, the
+    median of the round-by-round ratios (the rungs alternate, so each round compares like with like),
+    with the ratios' spread."""
+    first: dict[str, dict] = {}
+    previous: dict[str, dict] = {}
     for r in rows:
         if not r.get("rung") or not r.get("images_per_s"):
             continue
-        first.setdefault(r["model"], r["images_per_s"])
-        r["speedup_step"] = r["images_per_s"] / previous.get(r["model"], r["images_per_s"])
-        r["speedup_total"] = r["images_per_s"] / first[r["model"]]
-        previous[r["model"]] = r["images_per_s"]
+        first.setdefault(r["model"], r)
+        for key, ref in (("speedup_step", previous.get(r["model"], r)), ("speedup_total", first[r["model"]])):
+            s = summarize(_ratios(r, ref))
+            low, high, _ = spread(s)
+            r.update({key: s["median"], f"{key}_low": low, f"{key}_high": high})
+        previous[r["model"]] = r
 
 
 def row_key(r: dict) -> tuple:
@@ -243,17 +380,25 @@ def row_key(r: dict) -> tuple:
 
 
 def add_scaling(rows: list[dict], baseline: Path | None) -> str:
-    """N processes: per-device images/s over the 1-process images/s of the same row. Returns a note."""
+    """N processes: per-device images/s over the 1-process images/s of the same row, checked: above 105%,
+    or a baseline run with other threads per process or another launcher, is flagged. Returns a note."""
     if not baseline or not baseline.is_file():
         return (f"scaling efficiency unavailable: no 1-process figures ({baseline or 'none'}); run the same "
                 f"command with one process into the same out dir first, or pass baseline=path.csv")
     with open(baseline, newline="") as f:
-        single = {row_key(r): float(r["images_per_s"]) for r in csv.DictReader(f)
-                  if r.get("world_size") == "1" and r.get("images_per_s")}
+        single = {row_key(r): r for r in csv.DictReader(f) if r.get("world_size") == "1" and r.get("images_per_s")}
     found = 0
     for r in rows:
         one = single.get(row_key(r))
         if one and r.get("per_device_images_per_s"):
-            r["scaling_efficiency"] = r["per_device_images_per_s"] / one
+            r["scaling_efficiency"] = r["per_device_images_per_s"] / float(one["images_per_s"])
             found += 1
+            r["flags"] = (r.get("flags") or []) + sanity.collect(
+                sanity.efficiency(r["scaling_efficiency"]),
+                sanity.single({"1 process": int(float(one.get("images_per_s_n") or 1)),
+                               f"{r['world_size']} processes": r.get("images_per_s_n") or 1}, "efficiency"),
+                sanity.unlike("threads per process", {"1 process": one.get("threads") or "?",
+                                                      f"{r['world_size']} processes": r.get("threads")}),
+                sanity.unlike("launcher", {"1 process": one.get("launcher") or "?",
+                                           f"{r['world_size']} processes": r.get("launcher")}))
     return f"scaling efficiency against the 1-process rows of {baseline} ({found} of {len(rows)} rows matched)"

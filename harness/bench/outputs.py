@@ -1,26 +1,51 @@
 """The zoo suite's outputs: bench.csv (one row per measurement), report.md (header with method, versions
 and peaks; one table for the models, one per ladder), images_per_s.png and ladder.png. Writers and the
-plot style come from harness.tables."""
+plot style come from harness.tables. Every images/s and speed-up is written with n and its spread; a
+flagged row (harness.sanity) says why in its note and is drawn hatched and grey."""
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-from harness import tables
+from harness import sanity, tables
 from harness.tables import num
 
 COLUMNS = [
-    "model", "batch_size", "precision", "channels_last", "compile", "data", "mode", "rung",
-    "images_per_s", "per_device_images_per_s", "step_ms", "step_ms_p10", "step_ms_p90",
+    "model", "batch_size", "precision", "channels_last", "compile", "data", "mode", "rung", "overlap", "fused",
+    "images_per_s", "images_per_s_n", "images_per_s_low", "images_per_s_high", "spread",
+    "per_device_images_per_s", "step_ms", "step_ms_p10", "step_ms_p90",
     "latency_ms_p50", "latency_ms_p90",
     "peak_mem_mb", "params", "gflops", "tflops", "mfu", "peak_tflops", "peak_source", "achievable_tflops",
-    "mfu_achievable", "speedup_step", "speedup_total", "scaling_efficiency", "warmup_s", "oom_retry_from",
-    "skip_reason", "error", "device", "world_size",
+    "mfu_achievable", "speedup_step", "speedup_total", "speedup_total_low", "speedup_total_high",
+    "scaling_efficiency", "warmup_s", "oom_retry_from", "flags",
+    "skip_reason", "error", "device", "world_size", "threads", "launcher",
 ]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    tables.write_csv(path, rows, COLUMNS)
+    tables.write_csv(path, [{**r, "flags": sanity.text(r.get("flags"))} for r in rows], COLUMNS)
+
+
+def rate(r: dict, key: str = "images_per_s", fmt: str = ",.0f") -> str:
+    """'1,234 (n=5, min–max 1,100–1,300)': a figure with its n and spread."""
+    if r.get(key) in (None, ""):
+        return "-"
+    text = format(float(r[key]), fmt)
+    if r.get(f"{key}_n") in (None, ""):
+        return text
+    n = int(r[f"{key}_n"])
+    if n < 2:
+        return f"{text} (n={n})"
+    return (f"{text} (n={n}, {r.get('spread') or 'min–max'} {format(float(r[f'{key}_low']), fmt)}–"
+            f"{format(float(r[f'{key}_high']), fmt)})")
+
+
+def speedup(r: dict, key: str) -> str:
+    if r.get(key) in (None, ""):
+        return "-"
+    if r.get(f"{key}_low") in (None, "") or r[f"{key}_low"] == r[f"{key}_high"]:
+        return f"{float(r[key]):.2f}"
+    return f"{float(r[key]):.2f} ({float(r[f'{key}_low']):.2f}–{float(r[f'{key}_high']):.2f})"
 
 
 def _step(r: dict) -> str:
@@ -70,9 +95,14 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
         f"- versions: {versions}; git {prov['git_sha']}",
         f"- method: {cfg['warmup']} warm-up steps untimed (compile, cuDNN autotune, worker start-up), then "
         f"{cfg['repeats']} repeats of {cfg['steps']} steps timed with "
-        + ("CUDA events" if on_gpu else "time.perf_counter") + "; images/s from the median repeat, step time "
-        "median (p10-p90) of all timed steps; batch size is per process; cudnn.benchmark on",
-        "- train = forward + backward + SGD momentum step; TFLOP/s = images/s x forward GFLOPs (model_facts, "
+        + ("CUDA events" if on_gpu else "time.perf_counter") + ". The rows of one comparison (one configuration's "
+        "precisions, one model's ladder rungs) are timed in alternating rounds, one block of steps each per round; "
+        "images/s is the median round with n and its spread (min–max, p10–p90 from 10 rounds), speed-ups the median "
+        "of the round-by-round ratios; step time median (p10-p90) of all timed steps; batch size is per process; "
+        f"cudnn.benchmark on; {env.get('threads', '?')} CPU thread(s) per process, launched by "
+        f"{env.get('launcher', '?')}",
+        "- train = the trainer's step (harness.training.step: forward under the row's autocast, backward, "
+        "optimizer step; the benchmark's Accelerator has mixed_precision='no', so a row's precision is its own); TFLOP/s = images/s x forward GFLOPs (model_facts, "
         "torch.utils.flop_counter) x 3 for training (forward + backward ~ 3x forward), x 1 for inference",
         f"- MFU denominator: {'the datasheet dense peak where the device is listed' if cfg['peak'] == 'table' else 'the measured matmul peak'}"
         f" (in brackets: MFU against the measured matmul, the achievable ceiling). {peaks_text(env)}",
@@ -90,7 +120,7 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
              "step ms (p10-p90)", "latency b1 ms p50 / p90", "peak MB", "params M", "GFLOPs", "TFLOP/s",
              "MFU (achievable)", "note"],
             [[r["model"], r["mode"], r["batch_size"], r["precision"], r["channels_last"], r["compile"], r["data"],
-              num(r.get("images_per_s"), ",.0f"), num(r.get("per_device_images_per_s"), ",.0f"), _step(r),
+              rate(r), num(r.get("per_device_images_per_s"), ",.0f"), _step(r),
               _latency(r), num(r.get("peak_mem_mb"), ",.0f"), f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.4f}",
               num(r.get("tflops"), ".3f"), _mfu(r), note(r)] for r in sweep],
             align="lllllllrrrrrrrrrl")]
@@ -99,15 +129,19 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
         mine = [r for r in ladder if r["model"] == model]
         lines += ["", f"## Optimisation ladder: {model} (train, batch {mine[0]['batch_size']} per process)", "",
                   tables.markdown_table(
-                      ["rung", "precision", "ch_last", "compile", "data", "images/s", "step ms (p10-p90)", "x step",
-                       "x total", "MFU (achievable)", "note"],
+                      ["rung", "precision", "ch_last", "compile", "data", "copy", "SGD", "images/s",
+                       "step ms (p10-p90)", "x step", "x total", "MFU (achievable)", "note"],
                       [[r["rung"], r["precision"], r["channels_last"], r["compile"], r["data"],
-                        num(r.get("images_per_s"), ",.0f"), _step(r), num(r.get("speedup_step"), ".2f"),
-                        num(r.get("speedup_total"), ".2f"), _mfu(r), note(r)] for r in mine],
-                      align="lllllrrrrrl"), "",
-                  "data: loader = the seeds' torchvision DataLoader "
-                  f"({env['num_workers']} workers, per-batch copy), torch = GPU-resident uint8, gathered and "
-                  "cropped/flipped on the GPU, dali = batches gathered on the host and rendered by NVIDIA DALI"]
+                        "overlapped" if r.get("overlap") else "synchronous", "fused" if r.get("fused") else "seeds'",
+                        rate(r), _step(r), speedup(r, "speedup_step"), speedup(r, "speedup_total"), _mfu(r), note(r)]
+                       for r in mine],
+                      align="lllllllrrrrrl"), "",
+                  "data: loader = seed 001's torchvision CIFAR10 dataset and transforms in a DataLoader "
+                  f"({env['num_workers']} workers); copy: synchronous = a pageable `.to(device)` per batch and a host "
+                  "read of loss and accuracy every step (the seed's loop), overlapped = pinned batches copied "
+                  "non_blocking, nothing read per step; torch = GPU-resident uint8, gathered and cropped/flipped on "
+                  "the GPU, dali = batches gathered on the host and rendered by NVIDIA DALI. x step / x total: the "
+                  "median of the round-by-round ratios (min–max)"]
     for title, key in (("images/s", "images_per_s"), ("ladder", "ladder")):
         if names.get(key):
             lines += ["", f"![{title}]({names[key]})"]
@@ -115,7 +149,7 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
 
 
 def note(r: dict) -> str:
-    parts = []
+    parts = [sanity.text(r.get("flags"))] if r.get("flags") else []
     if r.get("oom_retry_from"):
         parts.append(f"OOM at batch {r['oom_retry_from']}, halved")
     if r.get("peak_source") == "measured" and r.get("mfu") is not None:
@@ -146,9 +180,11 @@ def plot_images_per_s(rows: list[dict], path: Path, device: str) -> bool:
     height = 0.8 / len(configs)
     for ax, mode in zip(axes[0], modes):
         for j, c in enumerate(configs):
-            vals = {r["model"]: r["images_per_s"] for r in rows if r["mode"] == mode and label(r) == c}
-            ys = [i + j * height for i, m in enumerate(models) if m in vals]
-            ax.barh(ys, [vals[m] for m in models if m in vals], height=height, label=c)
+            mine = {r["model"]: r for r in rows if r["mode"] == mode and label(r) == c}
+            shown = [m for m in models if m in mine]
+            bars = ax.barh([models.index(m) + j * height for m in shown], [mine[m]["images_per_s"] for m in shown],
+                           height=height, label=c, xerr=error_bars([mine[m] for m in shown]), capsize=2)
+            hatch_flagged(bars, [mine[m] for m in shown])
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(models))], models)
         ax.invert_yaxis()
         scale = ""
@@ -159,7 +195,7 @@ def plot_images_per_s(rows: list[dict], path: Path, device: str) -> bool:
         ax.set_title(f"{mode}")
         ax.grid(axis="y", visible=False)
     tables.legend_outside(axes[0][-1], fontsize=7)
-    fig.suptitle(device, fontsize=9)
+    fig.suptitle(f"{device}: median round, whiskers: spread, hatched grey: flagged (see report.md)", fontsize=9)
     tables.save(fig, path)
     return True
 
@@ -175,18 +211,42 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
     for ax, model in zip(axes[:, 0], models):
         mine = [r for r in rows if r["model"] == model]
         vals = [r.get("images_per_s") or 0 for r in mine]
-        bars = ax.bar(range(len(mine)), vals, color="tab:blue")
-        top = max(vals) or 1
+        bars = ax.bar(range(len(mine)), vals, color="tab:blue", yerr=error_bars(mine), capsize=3)
+        hatch_flagged(bars, mine)
+        top = max(r.get("images_per_s_high") or r.get("images_per_s") or 0 for r in mine) or 1
         for bar, r in zip(bars, mine):
-            text = (f"x{r['speedup_total']:.2f}" if r.get("speedup_total") else
-                    "skipped" if r.get("skip_reason") else "error")
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01 * top, text, ha="center",
-                    va="bottom", fontsize=8)
+            text = (f"x{r['speedup_total']:.2f}" + (" (flagged)" if r.get("flags") else "")
+                    if r.get("speedup_total") else "skipped" if r.get("skip_reason") else "error")
+            above = max(bar.get_height(), r.get("images_per_s_high") or 0)  # above the whisker
+            ax.text(bar.get_x() + bar.get_width() / 2, above + 0.01 * top, text, ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(mine)), [r["rung"] for r in mine], rotation=20, ha="right", fontsize=8)
-        tables.label(ax, y="train throughput (images/s)")
+        tables.label(ax, y="train throughput (images/s; whiskers: spread)")
         ax.set_ylim(0, top * 1.15)
         ax.set_title(f"{model}: optimisation ladder (batch {mine[0]['batch_size']}; label: x baseline)", fontsize=9)
         ax.grid(axis="x", visible=False)
     fig.suptitle(device, fontsize=9)
     tables.save(fig, path)
     return True
+
+
+def error_bars(rows: list[dict]):
+    """matplotlib's xerr/yerr (2 x n: below, above the bar) from each row's spread; None without one. Values
+    may be numbers or CSV text (a campaign step cut short leaves only bench.csv)."""
+    def f(r, key, default):
+        v = r.get(key)
+        return default if v in (None, "") else float(v)
+
+    if not any(r.get("images_per_s_low") not in (None, "") for r in rows):
+        return None
+    mid = [f(r, "images_per_s", 0.0) for r in rows]
+    return [[max(0.0, m - f(r, "images_per_s_low", m)) for m, r in zip(mid, rows)],
+            [max(0.0, f(r, "images_per_s_high", m) - m) for m, r in zip(mid, rows)]]
+
+
+def hatch_flagged(bars, rows: list[dict]) -> None:
+    """A flagged row's bar hatched and grey: never drawn as if sound."""
+    for bar, r in zip(bars, rows):
+        if r.get("flags"):
+            bar.set_facecolor(sanity.FLAGGED["color"])
+            bar.set_hatch(sanity.FLAGGED["hatch"])
+            bar.set_edgecolor(sanity.FLAGGED["edgecolor"])

@@ -1,9 +1,7 @@
 """What feeds the benchmark's steps: the CIFAR-10 training images (or random ones of the same shape when
-the files are missing: speed does not depend on pixel values, and the outputs say which it was), the
-seeds' torchvision DataLoader, and the harness's own loaders (synthetic, torch, dali)."""
+the files are missing: speed does not depend on pixel values, and the outputs say which it was), seed
+001's torchvision dataset and DataLoader, and the harness's own loaders (synthetic, torch, dali)."""
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -29,31 +27,29 @@ def load_images(data: BenchData) -> tuple[np.ndarray, np.ndarray, str]:
     return images, labels, f"{source}, {len(labels)} images"
 
 
-class SeedDataset(torch.utils.data.Dataset):
-    """The seeds' data path over uint8 NHWC arrays: one PIL image at a time through torchvision transforms
-    (as torchvision.datasets.CIFAR10 does), so the baseline pays what the seeds paid."""
+# seed 001's Normalize constants (its std is the often-copied (0.2023, 0.1994, 0.2010), not the data set's)
+SEED_MEAN, SEED_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+SEED_WORKERS = 2  # seed 001: DataLoader(train_dataset, batch_size=128, shuffle=True, num_workers=2)
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool):
-        from torchvision import transforms
 
-        from harness.data.interface import CIFAR_MEAN, CIFAR_STD
+def seed_dataset(images: np.ndarray, labels: np.ndarray, train: bool):
+    """torchvision's CIFAR10 dataset with seed 001's transforms, over arrays already read (either official
+    format): torchvision's own `__getitem__` (one PIL image at a time through the transforms), so the
+    baseline pays exactly what the seed paid. torchvision's `__init__` is skipped because it reads only the
+    python-format files; the arrays come from harness.data.cifar, which reads both."""
+    from torchvision import transforms
+    from torchvision.datasets import CIFAR10, VisionDataset
 
-        self.images, self.labels = images, labels
-        augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
-        self.transform = transforms.Compose(augment + [transforms.ToTensor(),
-                                                       transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
+    ds = CIFAR10.__new__(CIFAR10)
+    VisionDataset.__init__(ds, root="", transform=transforms.Compose(
+        augment + [transforms.ToTensor(), transforms.Normalize(SEED_MEAN, SEED_STD)]))
+    ds.train, ds.data, ds.targets = train, images, [int(v) for v in labels]
+    return ds
 
 
 def num_workers(requested: int) -> int:
-    return min(4, os.cpu_count() or 1) if requested < 0 else requested
+    return SEED_WORKERS if requested < 0 else requested
 
 
 class Images:
@@ -90,15 +86,17 @@ def batches(spec: Spec, batch_size: int, images: Images, *, device: torch.device
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     if spec.data == "loader":
         x_all, y_all = images.get()
+        overlap = spec.overlap and device.type == "cuda"  # pinned memory and non_blocking mean nothing on a CPU
         # each rank shuffles with its own seed: the same cost as a DistributedSampler's shard
         loader = torch.utils.data.DataLoader(
-            SeedDataset(x_all, y_all, train), batch_size=batch_size, shuffle=train, drop_last=True,
-            num_workers=workers, pin_memory=device.type == "cuda",
+            seed_dataset(x_all, y_all, train), batch_size=batch_size, shuffle=train, drop_last=True,
+            num_workers=workers, pin_memory=overlap,
             persistent_workers=workers > 0,  # repeats must not time worker start-up (warm-up did)
             generator=torch.Generator().manual_seed(seed + rank))
         while True:
-            for x, y in loader:  # per-batch copies to the device, as the seeds' loop does
-                yield x.to(device, memory_format=memory_format), y.to(device)
+            for x, y in loader:  # one copy per batch; synchronous in the seeds' loop
+                yield (x.to(device, memory_format=memory_format, non_blocking=overlap),
+                       y.to(device, non_blocking=overlap))
     x_all, y_all = images.get() if spec.data != "synthetic" else (None, None)
     loader = harness_loader(spec.data, x_all, y_all, batch_size, train=train, data=data, device=device,
                             channels_last=spec.channels_last, seed=seed, rank=rank, world=world)

@@ -5,6 +5,10 @@ ladder.png, data_ratio.png, time_to_accuracy.png).
 
 It only reads what the tools wrote (bench.json, data_bench.json, ddp_overhead.json, repeats.json,
 summary.json) and tolerates any of them missing or partial: a section whose step did not run says why.
+Every timed figure is written with n and its spread, as the tools measured it; the flags the tools raised
+(harness.sanity) are carried into each table, the speed recipe's statistics are recomputed from its runs
+(accuracy intervals inside [0, 1], none from fewer than 3 runs), and a flagged bar is drawn hatched and
+grey. The final report lists every flag in the console too.
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import csv
 import json
 from pathlib import Path
 
-from harness import tables
+from harness import sanity, tables
+from harness.bench.data_suite import ratio_text
+from harness.bench.outputs import error_bars, hatch_flagged, rate, speedup
 from harness.campaign.steps import STEPS
-from harness.stats import format_mean_std, summarize
+from harness.stats import ACCURACY, format_mean_std, format_median, summarize
 
 ZOO_STEPS = tuple(s.name for s in STEPS if s.group == 1)
 PLOTS = {  # plot file -> the steps whose outputs it draws (redrawn when one of them finishes)
@@ -25,9 +31,10 @@ PLOTS = {  # plot file -> the steps whose outputs it draws (redrawn when one of 
 }
 STEP_COLUMNS = ["name", "group", "call", "status", "reason", "measured_in_call", "data", "prior_s", "estimate_s",
                 "elapsed_s", "timeout_s", "command"]
-ZOO_COLUMNS = ["model", "mode", "batch_size", "precision", "compile", "images_per_s", "step_ms_p10", "step_ms",
-               "step_ms_p90", "peak_mem_mb", "mfu", "peak_tflops", "peak_source", "latency_ms_p50",
-               "latency_ms_p90", "oom_retry_from", "error"]
+ZOO_COLUMNS = ["model", "mode", "batch_size", "precision", "compile", "images_per_s", "images_per_s_n",
+               "images_per_s_low", "images_per_s_high", "spread", "step_ms_p10", "step_ms", "step_ms_p90",
+               "peak_mem_mb", "mfu", "peak_tflops", "peak_source", "latency_ms_p50", "latency_ms_p90",
+               "oom_retry_from", "threads", "launcher", "flags", "error"]
 
 
 def load(path: Path) -> dict | None:
@@ -66,17 +73,21 @@ def bench_data(d: Path) -> dict:
 
 
 def zoo_rows(out: Path) -> tuple[list[dict], dict]:
-    """Throughput rows (eager zoo, then the compiled subset) and the peaks the bench measured/looked up."""
+    """Throughput rows (eager zoo, then the compiled subset) and the peaks the bench measured/looked up;
+    each row's flags are the bench's, and the MFU check again (a bench.json from before the checks)."""
     rows, peaks = [], {}
     for name in ZOO_STEPS:
         data = bench_data(out / name)
         peaks.update((data.get("environment") or {}).get("peaks") or {})
-        rows += [r for r in data.get("rows", []) if not r.get("rung")]
+        rows += [{**r, "flags": list(dict.fromkeys(sanity.as_list(r.get("flags")) + sanity.collect(
+                     sanity.mfu(_num(r.get("mfu")), r.get("peak_source")))))}
+                 for r in data.get("rows", []) if not r.get("rung")]
     return rows, peaks
 
 
 def ladder_rows(out: Path) -> list[dict]:
-    return [r for r in bench_data(out / "ladder").get("rows", []) if r.get("rung")]
+    return [{**r, "flags": sanity.as_list(r.get("flags"))} for r in bench_data(out / "ladder").get("rows", [])
+            if r.get("rung")]
 
 
 def data_rows(out: Path) -> list[dict]:
@@ -85,14 +96,15 @@ def data_rows(out: Path) -> list[dict]:
 
 
 def speed_runs(data: dict) -> tuple[dict, dict]:
-    """(test accuracy, time) summaries from repeats.json: its own summarize() dicts, or per-run values."""
-    def stat(key: str) -> dict:
-        s = data.get(key)
-        if isinstance(s, dict) and "n" in s:
-            return s
-        runs = data.get("runs") or []
-        return summarize(r.get(key) for r in runs if isinstance(r, dict))
-    return stat("test_acc"), stat("time_s")
+    """(test accuracy, time) summaries of repeats.json, recomputed from its runs where it lists them (so the
+    accuracy interval is bounded by [0, 1] and never from fewer than 3 runs, whatever wrote the file); its
+    own summarize() dicts otherwise."""
+    runs = [r for r in data.get("runs") or [] if isinstance(r, dict)]
+    if runs:
+        return (summarize((r.get("test_acc") for r in runs), bounds=ACCURACY),
+                summarize(r.get("time_s") for r in runs))
+    return tuple(data.get(k) if isinstance(data.get(k), dict) and "n" in data[k] else summarize([])
+                 for k in ("test_acc", "time_s"))
 
 
 def settings(out: Path, rec: dict) -> str:
@@ -100,8 +112,8 @@ def settings(out: Path, rec: dict) -> str:
     d = out / rec["name"]
     bench = (load(d / "bench.json") or {}).get("environment", {}).get("config")
     if bench:
-        return (f"{bench['warmup']} warm-up steps, median of {bench['repeats']} repeats of {bench['steps']} timed "
-                f"steps, batch {bench['ladder_batch_size'] if bench.get('ladder') else bench['batch_sizes']}")
+        return (f"{bench['warmup']} warm-up steps, median of {bench['repeats']} alternating rounds of {bench['steps']} "
+                f"timed steps, batch {bench['ladder_batch_size'] if bench.get('ladder') else bench['batch_sizes']}")
     data = load(d / "data_bench.json")
     if data and data.get("method"):
         return data["method"]
@@ -203,15 +215,16 @@ def zoo_section(rows: list[dict], peaks: dict) -> list[str]:
         batch = f"{r.get('batch_size')}" + (f" (OOM at {r['oom_retry_from']})" if r.get("oom_retry_from") else "")
         source = {"table": "datasheet"}.get(r.get("peak_source"), r.get("peak_source") or "")
         body.append([r.get("model"), r.get("mode"), batch, "yes" if _true(r.get("compile")) else "no"] + (
-            [why, "", "", "", ""] if why else [
-                _f(r.get("images_per_s")),
+            [why, "", "", "", "", ""] if why else [
+                rate(r),
                 " / ".join(_f(r.get(k), ".2f") for k in ("step_ms_p10", "step_ms", "step_ms_p90")),
                 _f(r.get("peak_mem_mb")),
                 f"{_f(r.get('mfu'), '.1%')} {source}" if r.get("mfu") not in (None, "") else "-",
                 " / ".join(_f(r.get(k), ".2f") for k in ("latency_ms_p50", "latency_ms_p90"))
-                if r.get("latency_ms_p50") not in (None, "") else "-"]))
-    table = tables.markdown_table(["model", "mode", "batch", "compile", "images/s", "step ms p10 / median / p90",
-                                   "peak MB", "MFU", "latency b1 ms p50 / p90"], body, align="lllrrlrrl")
+                if r.get("latency_ms_p50") not in (None, "") else "-", sanity.text(r.get("flags")) or "-"]))
+    table = tables.markdown_table(["model", "mode", "batch", "compile", "images/s (n, spread)",
+                                   "step ms p10 / median / p90", "peak MB", "MFU", "latency b1 ms p50 / p90", "flags"],
+                                  body, align="lllrrlrrll")
     return ([mfu_line(peaks), ""] if peaks else []) + [table]
 
 
@@ -219,18 +232,18 @@ def ladder_section(rows: list[dict]) -> list[str]:
     body = []
     for r in rows:
         why = r.get("skip_reason") or r.get("error")
-        x = lambda v: "-" if why else _f(v, ".2f") + "x"  # noqa: E731
-        body.append([r.get("model"), r.get("rung"), why or _f(r.get("images_per_s")), x(r.get("speedup_step")),
-                     x(r.get("speedup_total"))])
-    return [tables.markdown_table(["model", "rung", "images/s", "speed-up over the rung before", "over the baseline"],
-                                  body, align="llrrr")]
+        x = lambda key: "-" if why else speedup(r, key) + "x"  # noqa: E731
+        body.append([r.get("model"), r.get("rung"), why or rate(r), x("speedup_step"), x("speedup_total"),
+                     sanity.text(r.get("flags")) or "-"])
+    return [tables.markdown_table(["model", "rung", "images/s (n, spread)", "speed-up over the rung before",
+                                   "over the baseline (min–max of rounds)", "flags"], body, align="llrrrl")]
 
 
 def data_section(rows: list[dict]) -> list[str]:
     return [tables.markdown_table(
-        ["model", "backend", "batch", "images/s", "ms/step", "vs synthetic"],
-        [[r.get("model"), r.get("backend"), r.get("batch_size", "-"), _f(r.get("images_per_s")),
-          _f(r.get("step_ms"), ".2f"), _f(r.get("vs_synthetic"), ".2f")] for r in rows], align="llrrrr")]
+        ["model", "backend", "batch", "images/s (n, spread)", "ms/step", "vs synthetic (min–max of rounds)", "flags"],
+        [[r.get("model"), r.get("backend"), r.get("batch_size", "-"), rate(r), _f(r.get("step_ms"), ".2f"),
+          ratio_text(r), sanity.text(r.get("flags")) or "-"] for r in rows], align="llrrrrl")]
 
 
 def tta_section(out: Path) -> list[str]:
@@ -239,15 +252,15 @@ def tta_section(out: Path) -> list[str]:
     if rep:
         acc, t = speed_runs(rep)
         lines += [f"Speed recipe (configs/speed94.yaml): test accuracy {format_mean_std(acc, 100, 2, '%')}; "
-                  f"time {_f(t.get('median'), '.1f')} s median (range {_f(t.get('min'), '.1f')}-"
-                  f"{_f(t.get('max'), '.1f')} s, "
-                  f"mean {format_mean_std(t, 1, 1, ' s')})."
+                  f"time {format_median(t, '.2f', ' s')} (the median run, n and spread)"
+                  + (f". Flagged: {sanity.text(speed_flags(acc, t))}" if speed_flags(acc, t) else "") + "."
                   + (f" Cut short: {rep['n']} of the {rep['n_planned']} planned runs finished."
                      if rep.get("complete") is False else "")]
     one = load(out / "tta-fast-resnet18" / "summary.json")
     if one:
         lines += [""] * bool(lines) + [
-                  f"resnet18 (configs/fast_resnet18.yaml), one run: test accuracy {_f(one.get('test_acc'), '.2%')}, "
+                  f"resnet18 (configs/fast_resnet18.yaml), one run (n=1: no spread): test accuracy "
+                  f"{_f(one.get('test_acc'), '.2%')}, "
                   f"time to target {_f(one.get('time_to_target_s'), '.1f', 'not reached')}"
                   f"{' s' if one.get('time_to_target_s') is not None else ''}, training "
                   f"{_f(one.get('train_s'), '.1f')} s, wall {_f(one.get('wall_s'), '.1f')} s, "
@@ -255,14 +268,45 @@ def tta_section(out: Path) -> list[str]:
     return lines
 
 
+def speed_flags(acc: dict, t: dict) -> list[str]:
+    return sanity.collect(sanity.interval(acc, ACCURACY), sanity.unstable(t, " s"))
+
+
+def ddp_flags(d: dict) -> list[str]:
+    return list(d.get("flags") or [])
+
+
 def ddp_section(out: Path) -> list[str]:
     d = load(out / "ddp" / "ddp_overhead.json")
     if not d:
         return []
-    return [f"{d.get('model')} at batch {d.get('batch')}: plain {_f(d.get('plain_step_ms'), '.2f')} ms/step, "
-            f"DDP over a one-process {d.get('backend')} group {_f(d.get('ddp_step_ms'), '.2f')} ms/step: overhead "
-            f"{_f(d.get('overhead_pct'), '+.1f')}% (per round: "
-            f"{', '.join(map(str, d.get('overhead_pct_per_round', [])))})."]
+    if d.get("overhead_pct_n") is not None:
+        overhead = (f"{_f(d.get('overhead_pct'), '+.1f')}% (median of n={d['overhead_pct_n']} alternating rounds, "
+                    f"{d.get('spread', 'min–max')} {_f(d.get('overhead_pct_low'), '+.1f')}–"
+                    f"{_f(d.get('overhead_pct_high'), '+.1f')}%)")
+    else:  # a file from before the rounds carried their spread
+        overhead = f"{_f(d.get('overhead_pct'), '+.1f')}% (per round: {', '.join(map(str, d.get('overhead_pct_per_round', [])))})"
+    plain = format_median(d["plain_round_ms"], ".2f") if d.get("plain_round_ms") else _f(d.get("plain_step_ms"), ".2f")
+    ddp = format_median(d["ddp_round_ms"], ".2f") if d.get("ddp_round_ms") else _f(d.get("ddp_step_ms"), ".2f")
+    flags = ddp_flags(d)
+    return [f"{d.get('model')} at batch {d.get('batch')}, {d.get('threads', '?')} thread(s): plain {plain} ms/step, "
+            f"DDP over a one-process {d.get('backend')} group {ddp} ms/step: overhead {overhead}"
+            + (f". Flagged: {sanity.text(flags)}" if flags else "") + "."]
+
+
+def all_flags(out: Path) -> list[tuple[str, list[str]]]:
+    """Every flagged figure of the campaign, (where, flags), for the console."""
+    found = [(f"zoo {r.get('model')} {r.get('mode')} b{r.get('batch_size')}", r.get("flags"))
+             for r in zoo_rows(out)[0]]
+    found += [(f"ladder {r.get('model')} {r.get('rung')}", r.get("flags")) for r in ladder_rows(out)]
+    found += [(f"data {r.get('model')} {r.get('backend')}", r.get("flags")) for r in data_rows(out)]
+    rep = load(out / "tta-speed94" / "repeats.json")
+    if rep:
+        found.append(("speed recipe", speed_flags(*speed_runs(rep))))
+    d = load(out / "ddp" / "ddp_overhead.json")
+    if d:
+        found.append(("ddp overhead", ddp_flags(d)))
+    return [(where, flags) for where, flags in found if flags]
 
 
 def to_markdown(out: Path, c: dict) -> str:
@@ -296,14 +340,30 @@ def _figure(size: tuple[float, float]):
     return tables.pyplot().subplots(figsize=size)
 
 
-def _grouped_bars(ax, cats: list[str], series: dict[str, dict], horizontal: bool = False) -> None:
-    """One bar per (category, series), the series side by side within a category."""
+def _grouped_bars(ax, cats: list[str], series: dict[str, dict], horizontal: bool = False, key: str = "images_per_s",
+                  low_high: tuple[str, str] = ("images_per_s_low", "images_per_s_high")) -> None:
+    """One bar per (category, series), the series side by side within a category; `series` maps a name to
+    {category: row}; the bar is row[key] with the spread low_high as error bars, hatched grey if flagged."""
     w = 0.8 / len(series)
     for k, (name, val) in enumerate(series.items()):
-        pos = [i + k * w for i, c in enumerate(cats) if c in val]
-        heights = [val[c] for c in cats if c in val]
-        (ax.barh(pos, heights, height=w, label=name) if horizontal else ax.bar(pos, heights, width=w, label=name))
+        shown = [c for c in cats if c in val]
+        pos = [cats.index(c) + k * w for c in shown]
+        rows = [{"images_per_s": float(val[c][key]),
+                 "images_per_s_low": _num(val[c].get(low_high[0])), "images_per_s_high": _num(val[c].get(low_high[1])),
+                 "flags": val[c].get("flags")} for c in shown]
+        err = error_bars(rows)
+        bars = (ax.barh(pos, [r["images_per_s"] for r in rows], height=w, label=name, xerr=err, capsize=2)
+                if horizontal else ax.bar(pos, [r["images_per_s"] for r in rows], width=w, label=name, yerr=err,
+                                          capsize=2))
+        hatch_flagged(bars, rows)
     (ax.set_yticks if horizontal else ax.set_xticks)([i + 0.4 - w / 2 for i in range(len(cats))], cats)
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _save(fig, ax, path: Path, title: str) -> bool:
@@ -319,7 +379,7 @@ def plot_zoo(rows: list[dict], path: Path, device: str) -> bool:
         return False
     configs = sorted({(r["mode"], _true(r.get("compile"))) for r in ok})
     models = sorted({r["model"] for r in ok})
-    series = {f"{mode}{', compiled' if comp else ''}": {r["model"]: float(r["images_per_s"]) for r in ok
+    series = {f"{mode}{', compiled' if comp else ''}": {r["model"]: r for r in ok
                                                          if (r["mode"], _true(r.get("compile"))) == (mode, comp)}
               for mode, comp in configs}
     fig, ax = _figure((10, 0.15 * len(models) * len(configs) + 1.5))  # 23 models x 4 rows: 15 in
@@ -328,7 +388,7 @@ def plot_zoo(rows: list[dict], path: Path, device: str) -> bool:
     values = [float(r["images_per_s"]) for r in ok]
     if max(values) / max(min(values), 1e-9) > 50:
         ax.set_xscale("log")
-    tables.label(ax, x="images/s")
+    tables.label(ax, x="images/s (median round; whiskers: spread; hatched grey: flagged)")
     return _save(fig, ax, path, f"Zoo throughput on {device}")
 
 
@@ -338,13 +398,15 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
         return False
     fig, ax = _figure((9, 4))
     labels = [f"{r['model']}\n{r['rung']}" if len({x['model'] for x in ok}) > 1 else r["rung"] for r in ok]
-    bars = ax.bar(range(len(ok)), [float(r["images_per_s"]) for r in ok])
+    bars = ax.bar(range(len(ok)), [float(r["images_per_s"]) for r in ok], yerr=error_bars(ok), capsize=3)
+    hatch_flagged(bars, ok)
     for b, r in zip(bars, ok):
-        ax.annotate(f"{_f(r.get('speedup_total'), '.2f')}x", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        top = max(b.get_height(), _num(r.get("images_per_s_high")) or 0)
+        ax.annotate(f"{_f(r.get('speedup_total'), '.2f')}x" + (" (flagged)" if r.get("flags") else ""),
+                    (b.get_x() + b.get_width() / 2, top), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(ok)), labels, rotation=20, ha="right", fontsize=8)
-    tables.label(ax, y="training images/s")
-    return _save(fig, ax, path, f"Ladder on {device}: speed-up over the seeds' loop")
+    tables.label(ax, y="training images/s (whiskers: spread)")
+    return _save(fig, ax, path, f"Ladder on {device}: speed-up over seed 001's loop")
 
 
 def plot_data(rows: list[dict], path: Path, device: str) -> bool:
@@ -352,12 +414,11 @@ def plot_data(rows: list[dict], path: Path, device: str) -> bool:
     if not ok:
         return False
     models = list(dict.fromkeys(r["model"] for r in ok))
-    series = {b: {r["model"]: r["vs_synthetic"] for r in ok if r["backend"] == b}
-              for b in dict.fromkeys(r["backend"] for r in ok)}
+    series = {b: {r["model"]: r for r in ok if r["backend"] == b} for b in dict.fromkeys(r["backend"] for r in ok)}
     fig, ax = _figure((8, 4))
-    _grouped_bars(ax, models, series)
+    _grouped_bars(ax, models, series, key="vs_synthetic", low_high=("vs_synthetic_low", "vs_synthetic_high"))
     ax.axhline(1.0, color="grey", lw=0.8)
-    tables.label(ax, y="training images/s relative to synthetic (ratio)")
+    tables.label(ax, y="training images/s relative to synthetic (ratio; whiskers: min–max of rounds)")
     return _save(fig, ax, path, f"Data path on {device}")
 
 
@@ -368,7 +429,8 @@ def plot_tta(out: Path, path: Path, device: str) -> bool:
         return False
     fig, ax = _figure((7, 4))
     if runs:
-        ax.scatter([r["time_s"] for r in runs], [100 * r["test_acc"] for r in runs], label="speed recipe, each run")
+        ax.scatter([r["time_s"] for r in runs], [100 * r["test_acc"] for r in runs],
+                   label=f"speed recipe, each run (n={len(runs)})")
     elif rep:
         acc, t = speed_runs(rep)
         if acc.get("mean") is not None and t.get("median") is not None:
@@ -407,7 +469,10 @@ def write(out: Path, c: dict, plot: str | None) -> None:
     tables.write_csv(out / "steps.csv", c["steps"], STEP_COLUMNS)
     rows = zoo_rows(out)[0]
     if rows:
-        tables.write_csv(out / "zoo.csv", rows, ZOO_COLUMNS)
+        tables.write_csv(out / "zoo.csv", [{**r, "flags": sanity.text(r.get("flags"))} for r in rows], ZOO_COLUMNS)
     tmp = out / ".report.md.tmp"
     tmp.write_text(to_markdown(out, c))
     tmp.replace(out / "report.md")
+    if plot is None:  # the final report: every flag once more on the console
+        for where, flags in all_flags(out):
+            sanity.warn(where, flags)

@@ -12,6 +12,9 @@ A sweep file loads into `Sweep` below and is checked like any config (unknown ke
     config: configs/resnet18.yaml   # base training recipe (optional; the dataclass defaults otherwise)
     out: runs/sweeps/architectures  # default runs/sweeps/<name>; each run lives in <out>/<run name>
     overrides: {train.epochs: 20}   # fixed for every run; key=value on the command line adds to these
+    threads_per_process: 0          # CPU threads of every process of every run (OMP/MKL_NUM_THREADS), the
+                                    # same at any process count and recorded in each run's provenance.json;
+                                    # 0: 1 on a CPU, the cores over the largest process count on a GPU node
     grid:                           # cartesian product of the lists ...
       model.name: [resnet18, vgg11]
       train.batch_size: [128, 256]
@@ -21,8 +24,9 @@ A sweep file loads into `Sweep` below and is checked like any config (unknown ke
       space: {optim.lr: {min: 0.01, max: 0.4, log: true}, model.name: [resnet18, vgg11]}
 
 Three keys are not training-config keys; they may stand in `overrides`, `grid` or `space`:
-  gpus (alias launch.num_processes)  processes per run: 1 runs `python -m harness.train`, k > 1 runs
-                                     `accelerate launch --num_processes k harness/train.py`
+  gpus (alias launch.num_processes)  processes per run: every run, 1 process included, is
+                                     `accelerate launch --num_processes k harness/train.py`, so a scaling
+                                     sweep compares runs started the same way
   batch_per_gpu                      train.batch_size = batch_per_gpu x gpus (a scaling sweep keeps the
                                      per-GPU batch while train.batch_size stays global)
   config                             the base recipe of that run (e.g. one configs/zoo/<model>.yaml each)

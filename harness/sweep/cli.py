@@ -9,7 +9,7 @@ from pathlib import Path
 from harness import config as C
 from harness.cli import parse_known_args
 from harness.errors import UserError
-from harness.sweep.local import local_executables, run_local, visible_gpus
+from harness.sweep.local import local_accelerate, run_local, visible_gpus
 from harness.sweep.slurm import submit_slurm
 from harness.sweep.spec import expand, load_sweep, points, train_command
 from harness.sweep.wandb_launcher import write_wandb
@@ -46,10 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     gpus: list[str] = []
     if launcher == "local":
         gpus = visible_gpus()
-        python, accelerate = local_executables()
-        commands = {r.index: train_command(r, python, accelerate, gpu=bool(gpus)) for r in runs}
+        commands = {r.index: train_command(r, local_accelerate(), gpu=bool(gpus)) for r in runs}
     else:
-        commands = {r.index: train_command(r, "python", "accelerate", gpu=True) for r in runs}
+        commands = {r.index: train_command(r, "accelerate", gpu=True) for r in runs}
     if opts.dry_run:
         for r in runs:
             print(shlex.join(commands[r.index]))

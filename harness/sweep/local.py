@@ -1,6 +1,8 @@
 """The local launcher: one run per free GPU (CUDA_VISIBLE_DEVICES per run; a run needing k GPUs waits, in
-order, for k free), one at a time without GPUs; failures recorded, the other runs still run; a progress
-line (done / failed / remaining, ETA) after each run; SIGTERM or Ctrl-C asks every run to checkpoint."""
+order, for k free), one at a time without GPUs; every run through `accelerate launch` with the sweep's
+threads per process in its environment (OMP/MKL_NUM_THREADS, recorded by the run's provenance.json);
+failures recorded, the other runs still run; a progress line (done / failed / remaining, ETA) after each
+run; SIGTERM or Ctrl-C asks every run to checkpoint."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from harness.provenance import REPO
+from harness.provenance import REPO, THREAD_VARS
 from harness.sweep.spec import Run
+
 
 def visible_gpus() -> list[str]:
     """GPU ids this process may hand out: CUDA_VISIBLE_DEVICES if set, else all that torch sees."""
@@ -23,10 +26,19 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def local_executables() -> tuple[str, str]:
-    """This interpreter and the accelerate script installed beside it (a venv need not be activated)."""
+def local_accelerate() -> str:
+    """The accelerate script installed beside this interpreter (a venv need not be activated)."""
     beside = Path(sys.executable).parent / "accelerate"
-    return sys.executable, str(beside) if beside.is_file() else "accelerate"
+    return str(beside) if beside.is_file() else "accelerate"
+
+
+def run_env(run: Run, gpu_ids: list[str]) -> dict:
+    """The environment of one run: its GPUs, and its threads per process for every library that reads a
+    variable (accelerate's --num_cpu_threads_per_process sets only OMP_NUM_THREADS)."""
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)} if gpu_ids else {}))
+    env.update({var: str(run.threads) for var in THREAD_VARS})
+    env["HARNESS_THREADS_SET_BY"] = f"sweep threads_per_process={run.threads}"
+    return env
 
 
 def progress_line(name: str, total: int, done: int, failed: int, took: list[float], slots: int) -> str:
@@ -71,7 +83,7 @@ def run_local(runs: list[Run], commands: dict[int, list[str]], gpus: list[str], 
             while pending and (len(free) >= pending[0].gpus if gpus else not running):
                 run = pending.pop(0)
                 ids, free = free[:run.gpus], free[run.gpus:]
-                env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(ids)} if gpus else {}))
+                env = run_env(run, ids)
                 run.dir.mkdir(parents=True, exist_ok=True)
                 log = open(run.dir / "launch.log", "ab")
                 # own session: a Ctrl-C at the terminal reaches the sweep, which asks each run to checkpoint
@@ -79,7 +91,7 @@ def run_local(runs: list[Run], commands: dict[int, list[str]], gpus: list[str], 
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
                 running[proc] = (run, ids, time.time())
-                where = f"GPU {','.join(ids)}" if gpus else "CPU"
+                where = (f"GPU {','.join(ids)}" if gpus else "CPU") + f", {run.threads} thread(s) per process"
                 print(f"[{run.index}] start {run.name} on {where} (log {run.dir / 'launch.log'})", flush=True)
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:

@@ -44,7 +44,7 @@ def submit_slurm(sweep: Sweep, runs: list[Run], selected: list[Run], dry_run: bo
         raise UserError("run directories of another config are in the way:\n  " + "\n  ".join(stale))
     commands_file = Path(sweep.out) / "commands.txt"
     # every run of the sweep has its line (line i+1 = array index i), also when only some are submitted
-    lines = [shlex.join(train_command(r, "python", "accelerate", gpu=True)) for r in runs]
+    lines = [shlex.join(train_command(r, "accelerate", gpu=True)) for r in runs]
     jobs = sbatch_commands(sweep, selected, commands_file)
     if dry_run:
         for job in jobs:

@@ -1,0 +1,136 @@
+"""The checks every figure passes before a tool prints or writes it: a figure that cannot be true, or that
+its own spread does not support, is flagged with its reason and never shown as if sound.
+
+Each check takes plain numbers or `harness.stats.summarize` dicts and returns None (the figure stands) or
+a `Flag`, whose text names the kind and the reason: "impossible: efficiency 2042% > 105%",
+"unstable: spread 15.6x (0.96–14.96 s, median 6.15 s)". Tools keep a row's flags in its `flags` field
+(a list of those texts in JSON, joined by "; " in CSV and markdown: `text`), print them to the console
+(`warn`), and draw a flagged row hatched and grey (`FLAGGED`) or leave it out with a note.
+
+The checks and their thresholds:
+  * efficiency: weak-scaling efficiency above 105% (N processes each faster than one alone: a
+    measurement that did not compare like with like, e.g. different threads per process);
+  * real_vs_synthetic: training fed by real data faster than fed by synthetic batches already on the
+    device (the same step minus the data work), beyond the measured spread: the ranges do not overlap;
+  * mfu: MFU above 100% of the GPU's datasheet peak (against a measured matmul peak, where the device is
+    not listed, more than 100% only says the matmul is no ceiling for convolutions: not flagged);
+  * interval: a confidence interval from fewer than 3 values, or one outside its quantity's bounds;
+  * unstable: a spread wider than half its median (the median is then no figure to quote);
+  * unlike: compared rows that differ in a setting that should be equal (threads per process, launcher);
+  * single: a comparison (a scaling efficiency) in which a side is one measurement: its noise is
+    unknown, so the comparison cannot be told from noise ("too few").
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from harness.stats import MIN_INTERVAL_N, spread
+
+EFFICIENCY_MAX = 1.05  # 5% above linear: a little noise, never a real speed-up from sharing nothing
+MFU_MAX = 1.0
+UNSTABLE = 0.5  # spread width over median
+# a flagged bar: hatched and grey, so it is never read as a sound figure
+FLAGGED = {"color": "0.85", "hatch": "///", "edgecolor": "0.4"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: str  # impossible | unstable | too few | unlike
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.reason}"
+
+
+def _g(x: float) -> str:
+    return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def efficiency(value: float | None) -> Flag | None:
+    if value is None or value <= EFFICIENCY_MAX:
+        return None
+    return Flag("impossible", f"efficiency {100 * value:.0f}% > {100 * EFFICIENCY_MAX:.0f}%")
+
+
+def real_vs_synthetic(real: dict, synthetic: dict) -> Flag | None:
+    """`real`, `synthetic`: summaries of images/s. Flagged when the real rate's whole spread lies above the
+    synthetic rate's (with one value each, when the real rate is above)."""
+    if not real.get("n") or not synthetic.get("n"):
+        return None
+    real_lo, _, _ = spread(real)
+    _, synthetic_hi, name = spread(synthetic)
+    if real["median"] <= synthetic["median"] or real_lo <= synthetic_hi:
+        return None
+    return Flag("impossible", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
+                              f"beyond the spread ({name} {_g(real_lo)} > {_g(synthetic_hi)})")
+
+
+def mfu(value: float | None, peak_source: str | None) -> Flag | None:
+    if value is None or peak_source != "table" or value <= MFU_MAX:
+        return None
+    return Flag("impossible", f"MFU {100 * value:.0f}% > 100% of the datasheet peak")
+
+
+def interval(s: dict, bounds: tuple[float, float] | None = None) -> Flag | None:
+    """A summary whose interval should not exist (n < 3) or lies outside `bounds`."""
+    low, high = s.get("ci95_low"), s.get("ci95_high")
+    if low is None or high is None:
+        return None
+    if s.get("n", 0) < MIN_INTERVAL_N:
+        return Flag("too few", f"n = {s.get('n', 0)}: too few runs for an interval")
+    if bounds and (low < bounds[0] or high > bounds[1]):
+        return Flag("impossible", f"interval {low:.4g}–{high:.4g} outside [{bounds[0]:g}, {bounds[1]:g}]")
+    return None
+
+
+def unstable(s: dict, unit: str = "") -> Flag | None:
+    """A spread wider than half the median."""
+    if not s.get("n") or s["n"] < 2 or not s.get("median"):
+        return None
+    lo, hi, name = spread(s)
+    if hi - lo <= UNSTABLE * abs(s["median"]):
+        return None
+    ratio = f"{hi / lo:.1f}x" if lo > 0 else "unbounded"
+    return Flag("unstable", f"spread {ratio} ({name} {_g(lo)}–{_g(hi)}{unit}, median {_g(s['median'])}{unit}, "
+                            f"n={s['n']})")
+
+
+def unlike(setting: str, values: dict) -> Flag | None:
+    """`values`: label -> the setting's value in each compared row (e.g. {"1 process": 2, "2 processes": 1})."""
+    if len({str(v) for v in values.values()}) <= 1:
+        return None
+    return Flag("unlike", f"{setting} differs: " + ", ".join(f"{v} ({k})" for k, v in values.items()))
+
+
+def single(counts: dict, what: str) -> Flag | None:
+    """`counts`: label -> how many measurements each compared figure is the median of."""
+    ones = [str(k) for k, n in counts.items() if (n or 0) < 2]
+    if not ones:
+        return None
+    return Flag("too few", f"{what} from a single measurement at {' and '.join(ones)}: no spread to judge it by")
+
+
+def collect(*flags: Flag | None) -> list[str]:
+    """The texts of the flags that were raised, for a row's `flags` field."""
+    return [str(f) for f in flags if f is not None]
+
+
+def as_list(flags) -> list[str]:
+    """A row's flags as a list, whether read from JSON (a list) or from CSV (one "; "-joined cell)."""
+    if not flags:
+        return []
+    return list(flags) if isinstance(flags, (list, tuple)) else [f for f in str(flags).split("; ") if f]
+
+
+def text(flags) -> str:
+    """A row's flags as one cell ("" when sound)."""
+    if not flags:
+        return ""
+    return "; ".join(flags) if isinstance(flags, (list, tuple)) else str(flags)
+
+
+def warn(where: str, flags, file=None) -> None:
+    """One console line per flagged figure."""
+    for f in ([flags] if isinstance(flags, str) else flags or []):
+        print(f"FLAGGED {where}: {f}", file=file or sys.stderr, flush=True)
