@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from harness import config as C
-from harness.stats import format_mean_std, summarize
+from harness.stats import ACCURACY, format_mean_std, summarize
 from harness.tables import write_json
 
 # each run's summary.json keys kept in repeats.json (harness/run/metrics.py's schema), and those summarised
@@ -21,6 +21,8 @@ from harness.tables import write_json
 # and with the final evaluation (docs/speed.md says which compares with airbench94_muon's)
 STAT_KEYS = ("test_acc", "test_subset_acc", "time_s", "time_s_with_final_eval")
 RUN_KEYS = (*STAT_KEYS, "test_subset_images", "train_s", "wall_s")
+# an interval never leaves what the quantity can be: accuracies in [0, 1], times at least 0
+BOUNDS = {key: ACCURACY if key.endswith("_acc") else (0.0, float("inf")) for key in STAT_KEYS}
 
 
 def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
@@ -41,7 +43,7 @@ def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
                   "argv": list(argv), "device": s.get("device"), "precision": s.get("precision"),
                   "compile": s.get("compile"), "test_subset": s.get("test_subset"),
                   "test_subset_images": s.get("test_subset_images"),
-                  **{key: summarize(r[key] for r in runs) for key in STAT_KEYS}, "runs": runs}
+                  **{key: summarize((r[key] for r in runs), bounds=BOUNDS[key]) for key in STAT_KEYS}, "runs": runs}
         if PartialState().is_main_process:
             write_json(base / "repeats.json", record)  # after every run: a cut-short job keeps its record
     if PartialState().is_main_process:
