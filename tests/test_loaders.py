@@ -7,6 +7,8 @@ give the same batches for the same (seed, epoch, global position), whatever the 
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ import torch
 from harness.data import loaders
 from harness.data.cifar import random_split
 from harness.data.interface import eval_indices, global_order, pad_images
-from harness.data.loaders import CIFAR_MEAN, CIFAR_STD, Augment, build_loader, make_plan, resolve_backend
+from harness.data.loaders import CIFAR_MEAN, CIFAR_STD, Augment, EpochPlan, build_loader, make_plan, resolve_backend
 from harness.data.torch_loader import TorchLoader
 from harness.errors import UserError
 
@@ -139,6 +141,65 @@ def test_plan_is_world_size_invariant(world, drop_last):
     # the partner of global position i is position G - 1 - i of its global batch
     G = B * world
     assert torch.equal(whole.partner.indices.view(-1, G), whole.indices.view(-1, G).flip(1))
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
+def test_plans_built_ahead_equal_plans_built_per_epoch(options, data, monkeypatch):
+    # a training loader builds epoch e+1's plan on a background thread during epoch e: every epoch's plan
+    # is built once, epochs 1.. off the loader's thread, and equals make_plan's for that epoch
+    from harness.data import interface
+
+    built = []  # (epoch, thread) of every make_plan call
+
+    def counting(*a, **kw):
+        built.append((kw["epoch"], threading.current_thread() is threading.main_thread()))
+        return make_plan(*a, **kw)
+
+    monkeypatch.setattr(interface, "make_plan", counting)
+    augment = Augment(cutout=6, **options)
+    loader = make("torch", *data, 20, seed=6, drop_last=False, augment=augment)
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        assert sum(1 for _ in loader) == 10
+        got = loader.plan()
+        want = make_plan(200, 20, 0, 1, seed=6, epoch=epoch, train=True, drop_last=False, augment=augment)
+        for plan, ref in ((got, want), (got.partner, want.partner)):
+            if ref is None:
+                assert plan is None
+                continue
+            for field in EpochPlan.RENDER + ("lam", "cut", "box"):
+                a, b = getattr(plan, field, None), getattr(ref, field, None)
+                assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), (epoch, field)
+            if DEVICE.type == "cuda":  # page-locked: the copy to the device is asynchronous
+                assert plan.indices.is_pinned()
+    loader.set_epoch(4)  # built during epoch 3
+    loader.plan()
+    assert sorted(built) == [(0, True)] + [(e, False) for e in range(1, 5)]
+    # evaluation: one plan, built once, in the loader's thread
+    built.clear()
+    ev = make("torch", *data, 16, train=False)
+    for epoch in range(3):
+        ev.set_epoch(epoch)
+        assert sum(1 for _ in ev) == 13
+    assert built == [(0, True)]
+    assert torch.equal(ev.plan().indices, eval_indices(200, 16, 0, 1))
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_from_plans_built_ahead_equal_a_fresh_loaders(backend, options, data):
+    # one loader through 3 epochs (plans 1 and 2 built ahead, on a thread) renders the same batches as a
+    # fresh loader started at each epoch (its plan built on the spot), for both backends
+    kw = dict(seed=12, augment=Augment(cutout=6, **options))
+    running = make(backend, *data, 40, **kw)
+    for epoch in range(3):
+        running.set_epoch(epoch)
+        fresh = make(backend, *data, 40, **kw)
+        fresh.load_state_dict({"epoch": epoch, "batch": 0})
+        pairs = list(zip(running, fresh, strict=True))
+        assert len(pairs) == 5
+        for (x, y), (u, v) in pairs:
+            assert torch.equal(x, u) and torch.equal(y, v), epoch
 
 
 # -- the backends -----------------------------------------------------------------------------------

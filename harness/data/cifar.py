@@ -10,7 +10,9 @@ Both official formats are read:
 right pickle keys and shapes): for re-encoded copies and the small files the tests write.
 
 Everything returned is host memory: images (N, 32, 32, 3) uint8 HWC, labels (N,) int64. Moving it to the
-device and augmenting it is the loaders' job (harness/data/loaders.py).
+device and augmenting it is the loaders' job (harness/data/loaders.py). `load_dataset` reads the files
+once per process while they are unchanged (harness/data/cache.py): the arrays it returns are shared, and
+nobody writes into them.
 
 A named subset of the test set (`data.test_subset`, `attach_test_subset`): a JSON file of test-image indices
 whose accuracy the run reports beside the whole test set's. By default (`auto`) the `test_exact.json`
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.cache import CACHE
 from harness.errors import UserError
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -246,13 +249,33 @@ def load_dataset(dataset: str, root: str | os.PathLike, fmt: str = "auto", verif
             what = {"bin": "the binary version", "py": "the python version"}.get(fmt, "CIFAR files")
             raise DataError(f"{what} of {dataset} is missing under {root} (data.download is off). "
                             + _where_to_put(dataset, root))
-    loader = _load_binary if fmt == "bin" else _load_python
-    train, test, classes = loader(root, dataset, verify)
-    num_classes = 10 if dataset == "cifar10" else 100
-    if len(classes) != num_classes:
-        classes = [str(i) for i in range(num_classes)]
     folder = BINARY[dataset]["dir"] if fmt == "bin" else _python_layout(dataset)["dir"]
-    return Dataset(dataset, train, test, num_classes, classes, str(root / folder))
+
+    def read() -> Dataset:
+        train, test, classes = (_load_binary if fmt == "bin" else _load_python)(root, dataset, verify)
+        num_classes = 10 if dataset == "cifar10" else 100
+        if len(classes) != num_classes:
+            classes = [str(i) for i in range(num_classes)]
+        return Dataset(dataset, train, test, num_classes, classes, str(root / folder))
+
+    # read once per process while the files are unchanged (cache.py): train.repeats' runs share it
+    ds = CACHE.dataset(("cifar", dataset, fmt, verify, str(root.resolve())), _files(root, dataset, fmt), read,
+                       lambda d: (d.train.images, d.test.images))
+    # fresh wrappers around the shared arrays: a caller that reassigns a field leaves the cache as it was
+    return Dataset(ds.name, Split(ds.train.images, ds.train.labels), Split(ds.test.images, ds.test.labels),
+                   ds.num_classes, list(ds.classes), ds.source)
+
+
+def _files(root: Path, dataset: str, fmt: str) -> list[Path]:
+    """The files `load_dataset` reads for `fmt`: every data file, and the class names' file if present."""
+    if fmt == "bin":
+        b = BINARY[dataset]
+        names, meta = b["train"] + b["test"], "batches.meta.txt" if dataset == "cifar10" else "fine_label_names.txt"
+        d = root / b["dir"]
+    else:
+        py = _python_layout(dataset)
+        names, meta, d = [n for n, _ in py["train"] + py["test"]], py["meta"]["filename"], root / py["dir"]
+    return [d / n for n in names] + ([d / meta] if (d / meta).is_file() else [])
 
 
 def select_classes(ds: Dataset, classes: list[int]) -> Dataset:

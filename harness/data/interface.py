@@ -31,18 +31,29 @@ permutation, so every sample is seen (fewer than G twice) and every batch has on
 larger than the data is an error either way. Evaluation shards are strided (rank r takes samples r,
 r + world, ...), padded with -1: order does not matter there, only that every sample counts once.
 
-This module imports no backend (only the leaf modules randaugment.py and mix.py); the backends import it,
-and `loaders.py` imports them (one way).
+Plans ahead of time. A plan depends only on (seed, epoch, position), so a training loader builds the
+next epoch's plan on a background thread while the current epoch trains (`Loader._plan_ahead`, after the
+epoch's first batch), in page-locked memory on a GPU, and the epoch boundary finds it ready: the GPU
+waits neither for a host-built plan nor for a host-synchronous copy of it (`device_plan` copies it with
+non_blocking=True, which is asynchronous from page-locked memory only). One epoch ahead rather than every
+epoch's plan at the start: about the same wait at the boundary (0.08 against 0.03 ms on the CPU here),
+for 2 plans in memory instead of one per epoch, and no builds before the first step
+(docs/data_pipeline.md, "Plans ahead of time", has the measurement).
+
+This module imports no backend (only the leaf modules randaugment.py, mix.py and cache.py); the backends
+import it, and `loaders.py` imports them (one way).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from harness.data import mix, randaugment
+from harness.data.cache import CACHE
 from harness.errors import UserError
 
 # Per-channel mean and std of the CIFAR-10 training set (the seeds' 002/004 values; 001's 0.2023 std is
@@ -239,6 +250,38 @@ def make_plan(n: int, batch_size: int, rank: int, world: int, *, seed: int, epoc
     return plan
 
 
+def pinned(plan: EpochPlan) -> EpochPlan:
+    """The plan in page-locked host memory (its mixing partners' too), each tensor compacted: a
+    non_blocking copy to the GPU is then asynchronous, where from pageable memory it is staged and waits."""
+    return EpochPlan(**{f.name: None if v is None else pinned(v) if isinstance(v, EpochPlan) else v.pin_memory()
+                        for f in fields(plan) for v in (getattr(plan, f.name),)})
+
+
+class _Ahead:
+    """One epoch's plan, built on a thread of its own (`Loader.plan`: the next epoch's, while this one
+    trains). make_plan draws from generators of its own, never a global one, so the thread changes no
+    value; torch's operators release the GIL while they run."""
+
+    def __init__(self, build, epoch: int):
+        self.epoch, self._plan, self._error = epoch, None, None
+        self._thread = threading.Thread(target=self._run, args=(build,), name=f"harness-plan-epoch-{epoch}")
+        self._thread.start()
+
+    def _run(self, build) -> None:
+        try:
+            self._plan = build(self.epoch)
+        except BaseException as e:  # raised in the loader's thread, by `result`
+            self._error = e
+
+    def result(self) -> EpochPlan | None:
+        """The plan (waiting for the thread if it has not finished); None in a process forked while the
+        thread ran (the child has no thread): the caller then builds the plan itself."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._plan
+
+
 def pad_images(images: np.ndarray, padding: int, mode: str) -> torch.Tensor:
     """The uint8 NHWC split padded once by `padding` pixels on each side of H and W: zeros, or the
     reflection across the border (numpy's/torch's 'reflect': the edge pixel is not repeated). Both
@@ -285,6 +328,7 @@ class Loader:
         self._position: int | None = None  # batches handed out by the pass in progress (None: no pass)
         self._plan: EpochPlan | None = None
         self._plan_epoch = -1
+        self._ahead: _Ahead | None = None  # the next epoch's plan, being built (training only)
         self._dev_plan: dict = {}
         self._dev_plan_key: EpochPlan | None = None
         self.mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1) * 255
@@ -314,6 +358,8 @@ class Loader:
         for k, batch in enumerate(self._render(range(start, len(self))), start):
             self._position = k + 1  # handed out: a checkpoint taken after this step resumes at k + 1
             yield batch
+            if k == start:
+                self._plan_ahead()
         self._position = None
 
     def state_dict(self) -> dict:
@@ -330,24 +376,49 @@ class Loader:
 
     # -- helpers for backends -------------------------------------------------------------------
     def plan(self) -> EpochPlan:
-        if self._plan is None or (self.train and self._plan_epoch != self.epoch):
-            self._plan = make_plan(self.n, self.batch_size, self.rank, self.world, seed=self.seed,
-                                   epoch=self.epoch if self.train else 0, train=self.train,
-                                   drop_last=self.drop_last, augment=self.augment)
-            self._plan_epoch = self.epoch
+        """The current epoch's plan (evaluation: its one plan): the one built ahead while the previous
+        epoch trained (`_plan_ahead`, module docstring), waited for if not done yet; an epoch other than
+        the one built ahead (the first, a resume, a jump) is built here, and the thread's plan dropped.
+        The values are make_plan's whichever thread built them."""
+        epoch = self.epoch if self.train else 0
+        if self._plan is None or self._plan_epoch != epoch:
+            ahead, self._ahead = self._ahead, None
+            plan = ahead.result() if ahead is not None and ahead.epoch == epoch else None
+            self._plan = plan if plan is not None else self._build_plan(epoch)
+            self._plan_epoch = epoch
         return self._plan
 
+    def _plan_ahead(self) -> None:
+        """Start building the next epoch's training plan, once per epoch. `__iter__` calls it after the
+        pass's first batch, not at the boundary: starting a thread costs the loader's thread a few ms
+        (the GIL's 5 ms switch interval), which the GPU absorbs mid-epoch, with steps queued, and would
+        wait for at the boundary, where the loop has synchronised."""
+        nxt = self._plan_epoch + 1
+        if self.train and (self._ahead is None or self._ahead.epoch != nxt):
+            self._ahead = _Ahead(self._build_plan, nxt)
+
+    def _build_plan(self, epoch: int) -> EpochPlan:
+        plan = make_plan(self.n, self.batch_size, self.rank, self.world, seed=self.seed, epoch=epoch,
+                         train=self.train, drop_last=self.drop_last, augment=self.augment)
+        return pinned(plan) if self.device.type == "cuda" else plan
+
     def padded_images(self, images: np.ndarray) -> torch.Tensor:
-        """The split on the device, padded once for the crop (not at all without augmentation)."""
+        """The split on the device, padded once for the crop (not at all without augmentation); for a
+        split of the data set `load_dataset` cached, made once per process and shared by the next run's
+        loaders (cache.py; train.repeats), which only read it."""
         p = self.augment.padding if self.augment.enabled else 0
-        return pad_images(images, p, self.augment.pad_mode).to(self.device)
+        mode = self.augment.pad_mode if p else ""
+        return CACHE.derived(images, ("padded", p, mode, str(self.device)),
+                             lambda: pad_images(images, p, mode).to(self.device))
 
     def batch_slice(self, k: int) -> slice:
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
     def device_plan(self) -> dict:
         """The current plan's tensors on the device, copied once per epoch: {field: tensor} for the rank's
-        own positions, and under 'partner' the same for their mixing partners (when the epoch mixes)."""
+        own positions, and under 'partner' the same for their mixing partners (when the epoch mixes). On a
+        GPU the plan is page-locked (`_build_plan`), so the copy is queued on the stream and the host goes
+        on at once."""
         plan = self.plan()
         if self._dev_plan_key is not plan:
             def to_device(p: EpochPlan) -> dict:
