@@ -1,7 +1,8 @@
 """Checkpoints and resume: what makes a run safe to kill (the lock is run/directory.py's, signals run/stop.py's).
 
-Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE) and `latest`,
-a one-line pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
+Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE, each with the
+config.yaml of the start that wrote it: the recipe a resume is checked against) and `latest`, a one-line
+pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
 COMPLETE (fsync'd), renamed into place, and only then is `latest` replaced (write + fsync + os.replace):
 a kill or a power loss at any moment leaves the previous checkpoint and `latest` intact. Weights that
 are not finite are never written: the last good checkpoint stays the one `latest` names.
@@ -28,6 +29,7 @@ from harness.errors import UserError
 from harness.models.weights import load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
 
 
 def fsync_dir(path) -> None:
@@ -67,10 +69,11 @@ def weights_finite(model: torch.nn.Module) -> bool:
 class Checkpoints:
     """Atomic checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
 
-    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
+    def __init__(self, run_dir: Path, accelerator, keep: int = 2, config_yaml: str = ""):
         self.dir = run_dir / "checkpoints"
         self.acc = accelerator
         self.keep = max(1, keep)
+        self.config_yaml = config_yaml  # written into every checkpoint
         self.model = None
 
     def attach(self, raw_model: torch.nn.Module) -> None:
@@ -140,6 +143,7 @@ class Checkpoints:
         acc.save_state(str(tmp))  # weights (our hook), optimizer, RNG states per rank, registered objects
         acc.wait_for_everyone()
         if acc.is_main_process:
+            (tmp / CONFIG).write_text(self.config_yaml)
             _fsync_tree(tmp)
             write_durable(tmp / "COMPLETE", f"{step}\n")
             if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)

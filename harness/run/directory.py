@@ -35,7 +35,7 @@ from harness import config as C
 from harness.errors import UserError, agreed
 from harness.models.weights import run_weights_file
 from harness.provenance import provenance
-from harness.run.checkpoints import Checkpoints, checkpoint_step, fsync_dir, resolve_resume
+from harness.run.checkpoints import CONFIG, Checkpoints, checkpoint_step, fsync_dir, resolve_resume
 from harness.run.tracker import Tracker
 from harness.tables import write_json
 
@@ -75,14 +75,16 @@ def data_files(data: C.DataConfig) -> dict[str, int] | None:
 
 
 def check_recipe(cfg: C.Config, checkpoint: Path) -> tuple[dict[str, tuple], list[str]]:
-    """What `cfg` changes against the config of the run `checkpoint` belongs to: ({key: (old, new)}, the
-    keys among them that are a change of recipe). config.RESUMABLE keys may change (data.root only to a root
-    holding the same files as the last start recorded, else as the old root); a change of recipe raises
-    UserError naming every changed key, unless train.resume_force. Nothing to compare: ({}, [])."""
+    """What `cfg` changes against the recipe `checkpoint` was written with (its config.yaml, else its run's):
+    ({key: (old, new)}, the keys among them that are a change of recipe). config.RESUMABLE keys may change
+    (data.root only to a root holding the same files as the last start recorded, else as the old root); a
+    change of recipe raises UserError naming every changed key, unless train.resume_force. Nothing to
+    compare: ({}, [])."""
     run_dir = checkpoint.parent.parent
-    if not (run_dir / "config.yaml").is_file():
+    written = next((p for p in (checkpoint / CONFIG, run_dir / "config.yaml") if p.is_file()), None)
+    if written is None:
         return {}, []
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    stored = yaml.safe_load(written.read_text())
     changes = C.recipe_changes(stored, cfg)
     recipe = [k for k in changes if k not in C.RESUMABLE]
     if "data.root" in changes:
@@ -136,9 +138,10 @@ class RunDirectory:
     ranks (rank 0's name, even when the ranks' clocks differ; written back into cfg.run.dir), a fresh run
     refused where checkpoints already are, train.resume resolved (`run.resume_from`: the checkpoint, or
     None), the lock taken and, on a resume, the recipe checked against the checkpoint's run (`check_recipe`:
-    a refused change stops every rank before anything is loaded or written). `run.start(raw_model, objects)`
-    then loads the checkpoint, if any, and only once it has loaded writes config.yaml and provenance.json and
-    opens `run.tracker` (metrics.jsonl, W&B): a start that fails before it leaves the run's record as it was.
+    a refused change stops every rank before anything is loaded or written); a fresh start writes config.yaml
+    and provenance.json at once. `run.start(raw_model, objects)` then loads the checkpoint, if any, and only
+    once it has loaded records the resumed start (config.yaml, provenance.json), then opens `run.tracker`
+    (metrics.jsonl, W&B): a resume that fails before that leaves the run's record as it was.
 
     Leaving the block is the run's one teardown, whichever way it is left (the end, a stop by a signal as
     SystemExit, an error): the tracker closes with the exit code (W&B records it), accelerate's trackers end
@@ -150,6 +153,7 @@ class RunDirectory:
         self.cfg, self.acc = cfg, accelerator
         self.lock: RunLock | None = None
         self.tracker: Tracker | None = None
+        self.changes, self.forced = {}, []
 
     def __enter__(self) -> RunDirectory:
         from accelerate.utils import broadcast_object_list
@@ -159,7 +163,7 @@ class RunDirectory:
         broadcast_object_list(path)  # one directory for all ranks, even when rank clocks differ
         cfg.run.dir = path[0]
         self.path = Path(path[0])
-        self.checkpoints = Checkpoints(self.path, acc, keep=cfg.run.keep_checkpoints)
+        self.checkpoints = Checkpoints(self.path, acc, keep=cfg.run.keep_checkpoints, config_yaml=C.to_yaml(cfg))
         if not cfg.train.resume and self.checkpoints.latest() is not None:  # never train over another run's
             raise UserError(f"run.dir={self.path} already holds a run (checkpoint {self.checkpoints.latest()}). "
                             f"Continue it with train.resume=auto, or choose a new run.dir.")
@@ -170,25 +174,33 @@ class RunDirectory:
 
     def _lock_and_check(self) -> tuple[dict[str, tuple], list[str]]:
         self.lock = RunLock(self.path)  # held until the block is left (or the process ends)
+        if self.resume_from is None:  # a fresh start changes nothing: recorded now, so a run that then fails is
+            self._record(None)  # listed (harness.report: incomplete) with its config
+            return {}, []
         try:
-            return check_recipe(self.cfg, self.resume_from) if self.resume_from is not None else ({}, [])
+            return check_recipe(self.cfg, self.resume_from)
         except UserError:
             self.lock.release()
             raise
 
+    def _record(self, resumed: Path | None) -> None:
+        """config.yaml (this start's config) and this start's entry in provenance.json (main process)."""
+        cfg, acc = self.cfg, self.acc
+        (self.path / "config.yaml").write_text(C.to_yaml(cfg))
+        record = provenance(acc.num_processes, acc.device)
+        record.update(config=C.to_dict(cfg), data_files=data_files(cfg.data),
+                      resumed_from=str(resumed) if resumed is not None else None,
+                      config_changes={k: list(v) for k, v in self.changes.items()}, resume_forced=self.forced)
+        record_provenance(self.path / "provenance.json", record)
+
     def start(self, raw_model, objects) -> Path | None:
-        """Load `run.resume_from` (if any) into `raw_model`, `objects` and the optimiser (`Checkpoints.restore`),
-        then record the start: config.yaml (this start's config), provenance.json (appended) and the tracker
-        (a segment row in metrics.jsonl, the W&B run). Every rank. Returns the checkpoint loaded, or None."""
+        """Load `run.resume_from` (if any) into `raw_model`, `objects` and the optimiser (`Checkpoints.restore`);
+        once it has loaded, record the resumed start (config.yaml, provenance.json); then open the tracker (a
+        segment row in metrics.jsonl, the W&B run). Every rank. Returns the checkpoint loaded, or None."""
         cfg, acc = self.cfg, self.acc
         resumed = self.checkpoints.restore(self.resume_from, raw_model, objects)
-        if acc.is_main_process:
-            (self.path / "config.yaml").write_text(C.to_yaml(cfg))
-            record = provenance(acc.num_processes, acc.device)
-            record.update(config=C.to_dict(cfg), data_files=data_files(cfg.data),
-                          resumed_from=str(resumed) if resumed is not None else None,
-                          config_changes={k: list(v) for k, v in self.changes.items()}, resume_forced=self.forced)
-            record_provenance(self.path / "provenance.json", record)
+        if resumed is not None and acc.is_main_process:
+            self._record(resumed)
         if self.changes:
             acc.print(("train.resume_force=true: resumed with a changed recipe: " if self.forced else
                        "resumed with changed settings: ")
