@@ -44,6 +44,7 @@ class ModelConfig:
     whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
     whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
     whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
+    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
 
 
 @dataclass
@@ -68,6 +69,13 @@ class DataConfig:
     drop_last: bool = True  # training: drop the samples that do not fill a last global batch; false: fill it by wrapping around the epoch's order (evaluation never drops)
     synthetic_size: int = 50000  # images per epoch for backend=synthetic
     classes: list[int] = field(default_factory=list)  # keep only these class indices, relabelled 0..k-1 in this order ([]: all)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) (timm --mixup; 0: off): each training image becomes lam x_i + (1 - lam) x_j with its partner in the global batch, and the loader yields soft targets
+    cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) (timm --cutmix; 0: off): a box of the partner's image replaces the image's, lam recomputed from the clipped box; soft targets
+    mix_switch_prob: float = 0.5  # with both mixup and cutmix on: the probability that an image gets cutmix rather than mixup (timm --mixup-switch-prob)
+    mix_stop_epoch: int = 0  # no mixing from this (0-based) epoch on; the targets stay soft, one-hot (timm --mixup-off-epoch; 0: never stop)
+    randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off)
+    random_erasing: float = 0.0  # probability that a training image gets one rectangle erased to 0 after normalisation (torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3; timm --reprob; 0: off)
+    test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (e.g. the test images of a recovered copy that are bit-exact); none (or ""): off
 
 
 @dataclass
@@ -94,6 +102,7 @@ class TrainConfig:
     repeats: int = 1  # train this many seeds (run.seed, run.seed+1, ...), each in run.dir/seed-<k>, and write run.dir/repeats.json: accuracy and time, mean ± std and 95% interval
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated; 0: only the last)
     eval_batch_size: int = 1000  # global
+    eval_limit: int = 0  # evaluate on the first N test (and validation) images only, for smoke runs (0: all); recorded in the summary; refused with train.repeats > 1 or train.target_acc > 0, whose figures are the ones published
     max_steps: int = 0  # stop after this many optimiser steps in total (0: off); for smoke tests
     sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (small per-GPU batches; restores the 1-GPU trajectory for BN models)
     log_grad_norms: bool = False  # per-layer gradient norms (by depth) at log intervals, to grad_norms.jsonl
@@ -165,6 +174,7 @@ RESUMABLE = {
     "data.root": "where the data is now: allowed when it holds the same files (names and sizes) as at the "
                  "last start",
     "data.download": "whether missing files may be fetched", "data.prefetch": "DALI's queue depth: speed",
+    "data.test_subset": "which test images are also reported apart (the test set never selects)",
 }
 NOT_COMPARED = ("train.resume", "train.resume_force")
 

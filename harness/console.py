@@ -11,6 +11,9 @@ is drawn only when its stream (stderr) is a terminal; otherwise `update` prints 
 (`train 1200/7820 15% | 0:01:40 elapsed, ETA 0:09:12 | 12.0 step/s | loss=1.234`) at most every
 `every_s` seconds, and `write` prints whole lines, flushing the other stream first so that stdout and
 stderr sharing one file (`2>&1`) interleave line by line.
+
+`leave=False` is for work inside other work (an evaluation during training): the bar is removed when
+closed, and off a terminal nothing is printed at the end unless it ran long enough to print lines.
 """
 from __future__ import annotations
 
@@ -25,15 +28,15 @@ class Progress:
     """Progress over `total` units (steps, runs); see the module docstring."""
 
     def __init__(self, total: int, *, initial: int = 0, desc: str = "", unit: str = "step", show: bool = True,
-                 every_s: float = 30.0, out: TextIO | None = None, err: TextIO | None = None):
+                 every_s: float = 30.0, leave: bool = True, out: TextIO | None = None, err: TextIO | None = None):
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.total, self.n, self.desc, self.unit, self.every_s = total, initial, desc, unit, every_s
         self.postfix: dict[str, str] = {}
         self.bar = None
-        self.show = show
+        self.show, self.leave, self.lines = show, leave, 0
         if show and _is_terminal(self.err):
             self.bar = tqdm(total=total, initial=initial, desc=desc or None, unit=unit, file=self.err,
-                            dynamic_ncols=True, mininterval=1.0)
+                            dynamic_ncols=True, mininterval=1.0, leave=leave)
         self._start_n, self._t0 = initial, time.monotonic()
         self._last_line = self._t0
         self._printed_n = initial
@@ -59,11 +62,12 @@ class Progress:
         print(line, file=self.out, flush=True)
 
     def close(self) -> None:
-        """Close the bar, or print the final count when lines were printed and it moved since the last."""
+        """Close the bar, or print the final count when it moved since the last line (with leave=False: and
+        lines were printed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.show and self.n != self._printed_n:
+        elif self.show and self.n != self._printed_n and (self.leave or self.lines):
             self._line()
         self.show = False
 
@@ -82,6 +86,7 @@ class Progress:
         self.out.flush()  # a row printed to stdout just before stays above this line
         print(" | ".join(parts), file=self.err, flush=True)
         self._last_line, self._printed_n = now, self.n
+        self.lines += 1
 
     def __enter__(self) -> Progress:
         return self

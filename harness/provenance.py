@@ -16,15 +16,28 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+COMMIT_FILE = REPO / ".harness-commit"  # git-ignored; written where the code is copied without .git
+
+
 def git_sha() -> str | None:
+    """The checkout's commit, with `-dirty` when tracked files differ from it. Where the code travelled
+    without its .git (a copy sent to a GPU machine), the commit recorded when the copy was made:
+    `python -c "from harness.provenance import git_sha; print(git_sha())" > .harness-commit` at the root
+    (docs/benchmarks/campaign.md); it is then marked `(from .harness-commit)`."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        sha = dirty = ""
+    if sha:
+        return sha + ("-dirty" if dirty else "")
+    try:
+        recorded = COMMIT_FILE.read_text().split()
+    except OSError:
         return None
-    return (sha + ("-dirty" if dirty else "")) if sha else None
+    return f"{recorded[0]} (from {COMMIT_FILE.name})" if recorded and recorded[0] != "None" else None
 
 
 def library_versions() -> dict:

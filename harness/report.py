@@ -22,7 +22,9 @@ Written to out=DIR:
 
 The seeds' summary table, done right: "final" is the last evaluated epoch; "best" is the highest test
 accuracy over epochs, which is chosen on the test set and therefore optimistic (it is labelled so);
-"test @ best val" is the honest pick (needs data.val_size > 0). Time is training time (evaluation
+"test @ best val" is the honest pick (needs data.val_size > 0). Beside the final accuracy: top-5, and the
+accuracy on data.test_subset's images (test_exact.json: the packed test set's exact ones) with its size
+and 95% Wilson interval; "(first N)" marks a run evaluated with train.eval_limit. Time is training time (evaluation
 excluded, as harness.train measures it) beside wall time; images/s is the run's median epoch rate
 after the first (compilation) epoch (harness.run.metrics.throughput, the one definition). Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1).
 Rankings use validation accuracy (best_val_acc), never test; repeats are summarised by harness.stats.
@@ -46,6 +48,8 @@ from harness.tables import markdown_table, num, write_csv
 RUN_MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "provenance.json", "launch.log")
 CSV_COLUMNS = ["name", "status", "model", "dataset", "params", "gflops", "world_size", "global_batch",
                "final_test_acc", "best_test_acc", "best_test_epoch", "test_acc_at_best_val", "best_val_acc",
+               "test_top5", "test_images", "eval_limit", "test_subset", "test_subset_images", "test_subset_acc",
+               "test_subset_ci95_low", "test_subset_ci95_high",
                "epochs_done", "epochs_planned", "train_s", "wall_s", "images_per_s", "images_per_s_per_device",
                "target_acc", "time_to_target_s", "precision", "compile", "device", "source"]
 
@@ -110,6 +114,8 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
         "global_batch": summary.get("global_batch"),
         "final_test_acc": summary.get("test_acc"),
         "test_acc_at_best_val": summary.get("test_acc_at_best_val"), "best_val_acc": summary.get("best_val_acc"),
+        **{k: summary.get(k) for k in ("test_top5", "test_images", "eval_limit", "test_subset", "test_subset_images",
+                                       "test_subset_acc", "test_subset_ci95_low", "test_subset_ci95_high")},
         "epochs_planned": cfg.get("train", {}).get("epochs"),
         "train_s": summary.get("train_s"), "wall_s": summary.get("wall_s"),
         "images_per_s": summary.get("train_images_per_s"),
@@ -219,12 +225,22 @@ def architecture_table(records: list[dict]) -> str:
     done = sorted((r for r in records if r["status"] == "complete"),
                   key=lambda r: (r["best_val_acc"] is None, -(r["best_val_acc"] or 0), r["name"]))
     rows = [[r["model"], num(r["params"] and r["params"] / 1e6, ".2f"), num(r["gflops"], ".3f"),
-             pct(r["final_test_acc"]),
+             pct(r["final_test_acc"]) + (f" (first {r['eval_limit']})" if r.get("eval_limit") else ""),
+             pct(r.get("test_top5")), subset_cell(r),
              f"{pct(r['best_test_acc'])} (ep {r['best_test_epoch']})" if r["best_test_epoch"] else pct(r["best_test_acc"]),
              pct(r["test_acc_at_best_val"]), fmt_time(r["train_s"]), fmt_time(r["wall_s"]),
              num(r["images_per_s"], ",.0f"), r["world_size"] or "-", r["name"]] for r in done]
-    return markdown_table(["model", "params (M)", "GFLOPs/img", "final test acc", "best test acc (epoch)",
+    return markdown_table(["model", "params (M)", "GFLOPs/img", "final test acc", "top-5",
+                           "test subset acc (n, 95% CI)", "best test acc (epoch)",
                            "test acc @ best val", "train time", "wall time", "images/s", "processes", "run"], rows)
+
+
+def subset_cell(r: dict) -> str:
+    """A run's accuracy on data.test_subset's images: '94.80% (test_exact, n=1000, 95% CI 93.27–95.96%)'."""
+    if r.get("test_subset_acc") is None:
+        return "-"
+    return (f"{pct(r['test_subset_acc'])} ({Path(r['test_subset'] or '').stem}, n={r['test_subset_images']}, 95% CI "
+            f"{100 * r['test_subset_ci95_low']:.2f}–{pct(r['test_subset_ci95_high'])})")
 
 
 def scaling_rows(records: list[dict]) -> list[dict]:
@@ -573,7 +589,11 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
           "\n*final*: test accuracy after the last epoch. *best*: the highest test accuracy over the epochs, "
           "picked on the test set and so optimistic. *test acc @ best val*: test accuracy at the epoch with the "
           "best validation accuracy (runs with data.val_size > 0), the honest pick. *train time* excludes "
-          "evaluation; *images/s* is the median epoch rate after the first (compilation) epoch.\n"]
+          "evaluation; *images/s* is the median epoch rate after the first (compilation) epoch.\n",
+          "Test accuracies are on every image of the run's test files (runs.csv test_images; *(first N)*: "
+          "only those, train.eval_limit). *top-5*: the label among the 5 highest logits (more than 5 classes). "
+          "*test subset*: the same model on the test images data.test_subset names (by default test_exact.json, "
+          "the packed test set's bit-exact images), with the 95% Wilson interval for that many images.\n"]
     devices = sorted({str(r["device"]) for r in complete if r["device"]})
     if devices:
         md.append("Devices: " + "; ".join(devices) + ".\n")

@@ -55,3 +55,16 @@ def format_mean_std(s: dict, scale: float = 1.0, digits: int = 2, unit: str = ""
         return f"{f(s['mean'])}{unit} (n=1)"
     return (f"{f(s['mean'])} ± {f(s['std'])}{unit} (n={s['n']}, 95% CI {f(s['ci95_low'])}–"
             f"{f(s['ci95_high'])})")
+
+
+def proportion_interval(p: float, n: int) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a proportion `p` measured on `n` items (an accuracy on n test
+    images): (low, high), always inside [0, 1], even at p = 0 or 1 where the normal approximation's
+    p ± 1.96·sqrt(p(1 - p)/n) collapses to a point. None for n = 0. At p = 0.94, n = 1,000 it is
+    about 92.4%–95.3% (the normal approximation: ±1.5 points)."""
+    if n <= 0:
+        return None
+    z2 = _Z975 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z975 / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

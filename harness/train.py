@@ -39,7 +39,7 @@ import torch
 from harness import config as C
 from harness.cli import parse_args, run_cli
 from harness.console import Progress
-from harness.data.cifar import Dataset, Split, load_dataset, random_split, select_classes
+from harness.data.cifar import Dataset, Split, attach_test_subset, load_dataset, random_split, select_classes
 from harness.data.loaders import Augment, build_loader, resolve_backend
 from harness.errors import UserError, agreed
 from harness.provenance import device_names, peak_memory_mb
@@ -50,7 +50,7 @@ from harness.run.stop import StopRequest
 from harness.training import finetune
 from harness.training.checks import check_config, check_split
 from harness.training.ema import EMA
-from harness.training.evaluate import evaluate_all
+from harness.training.evaluate import evaluate_all, subset_flags, warm_up_evaluation
 from harness.training.freeze import Freezer
 from harness.training.gradflow import GradNorms
 from harness.training.lookahead import Lookahead
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         raw_model = build_model(cfg, data.num_classes, device, world)
         if init_note := finetune.apply_init(raw_model, cfg.model.init_from):  # model.init_from: which keys loaded
             accelerator.print(init_note)
-        t0 = time.perf_counter()  # model.whiten counts as training time (summary time_s), as in airbench
+        t0 = time.perf_counter()  # model.whiten (on the device) counts as training time (summary time_s), as airbench
         whitened = init_whitening(raw_model, data.train.images, cfg.model.whiten_eps, cfg.model.whiten_images) \
             if cfg.model.whiten else None  # speed option: the first conv whitened and frozen (docs/speed.md)
         setup_s = time.perf_counter() - t0 if whitened is not None else 0.0
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         grad_norms = GradNorms(raw_model, run.path / "grad_norms.jsonl", main_proc) if cfg.train.log_grad_norms else None
         if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore
             warm_up(model, raw_model, optimizer, data.train_loader, accelerator, label_smoothing=cfg.train.label_smoothing)
+            warm_up_evaluation(model, ema, data.eval_loaders, accelerator, cfg.train.tta)  # the final eval is timed
         schedule = Schedule.of(cfg, peak_lr, data.steps_per_epoch)
         facts = describe(cfg, data, accelerator, peak_lr, run.path)
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         stop = StopRequest(accelerator)
         # every split, or None when a stop signal (asked between evaluation batches, on every rank) cut it short
         evaluate_now = functools.partial(evaluate_all, model, ema, data.eval_loaders, accelerator, data.num_classes,
-                                         cfg.train.tta, lambda: stop.poll() != 0)
+                                         cfg.train.tta, lambda: stop.poll() != 0, subsets=data.eval_subsets,
+                                         progress=main_proc and cfg.run.progress)
         loss_fn = cross_entropy(cfg.train.label_smoothing)
         batches, interval, epoch_meter = len(data.train_loader), Meter(device), Meter(device)
         stop_signal, results, saved_step, lr = 0, {}, -1, schedule(state.step)
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         # ---- finish: the last evaluation, the weights, the summary
         if not results:  # resumed a finished run: evaluate once more for the summary
-            results = evaluate_all(model, ema, data.eval_loaders, accelerator, data.num_classes, cfg.train.tta)
+            results = evaluate_all(model, ema, data.eval_loaders, accelerator, data.num_classes, cfg.train.tta,
+                                   subsets=data.eval_subsets, progress=main_proc and cfg.run.progress)
         wall_s = time.perf_counter() - start_wall
         return finish(run, cfg, data, state, results, raw_model, ema, facts, setup_s, wall_s, say)
 
@@ -228,6 +231,7 @@ class RunData:
     backend: str
     train_loader: object
     eval_loaders: dict  # 'val' (with data.val_size), 'test'
+    eval_subsets: dict  # 'test' with data.test_subset: its images' flags in the test loader's order
     per_rank_batch: int
     global_batch: int
     steps_per_epoch: int  # optimiser steps: micro-batches / train.grad_accum, rounded up
@@ -261,9 +265,12 @@ def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Spli
 def build_data(cfg: C.Config, accelerator) -> RunData:
     """The data set, its training/validation split and this rank's loaders."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    ds = select_classes(load_data(cfg, accelerator), cfg.data.classes)  # data.classes: a subset, relabelled 0..k-1
+    ds = attach_test_subset(load_data(cfg, accelerator), cfg.data.test_subset, cfg.data.root)  # test_exact.json
+    ds = select_classes(ds, cfg.data.classes)  # data.classes: a subset, relabelled 0..k-1
     check_split(len(ds.train), cfg.data)
     train, val = split_train_val(ds, cfg.data.limit_train, cfg.data.val_size)
+    test, limit = ds.test.first(cfg.train.eval_limit), cfg.train.eval_limit  # train.eval_limit: smoke runs
+    val = val.first(limit) if val is not None else None
     num_classes = cfg.model.num_classes or ds.num_classes
     backend = resolve_backend(cfg.data.backend, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
@@ -278,8 +285,10 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
     eval_backend = "torch" if backend == "synthetic" else backend
     eval_batch = max(1, cfg.train.eval_batch_size // world)
     eval_loaders = {name: build_loader(eval_backend, s.images, s.labels, eval_batch, train=False, **common)
-                    for name, s in (("val", val), ("test", ds.test)) if s is not None}
-    return RunData(ds, train, val, num_classes, backend, train_loader, eval_loaders, per_rank_batch,
+                    for name, s in (("val", val), ("test", test)) if s is not None}
+    eval_subsets = {} if ds.test_subset is None else \
+        {"test": subset_flags(eval_loaders["test"], ds.test_subset[:len(test)])}
+    return RunData(ds, train, val, num_classes, backend, train_loader, eval_loaders, eval_subsets, per_rank_batch,
                    per_rank_batch * world, math.ceil(len(train_loader) / cfg.train.grad_accum))
 
 
@@ -312,12 +321,21 @@ def describe(cfg: C.Config, data: RunData, accelerator, peak_lr: float, run_dir:
     accelerator.print(
         f"{cfg.model.name}: {facts['params'] / 1e6:.2f}M params, {facts['gflops']:.3f} GFLOPs/image | "
         f"{data.dataset.name} {len(data.train)} train / {len(data.val) if data.val else 0} val / "
-        f"{len(data.dataset.test)} test from {data.dataset.source} | backend {data.backend} | "
+        f"{test_count(cfg, data)} from {data.dataset.source} | backend {data.backend} | "
         f"{accelerator.num_processes} x {accelerator.device.type} | global batch {data.global_batch} x "
         f"{cfg.train.grad_accum} accum | lr {peak_lr:.4g} ({cfg.optim.lr_scaling} from {cfg.optim.lr} @ "
         f"{cfg.optim.ref_batch_size}) | {cfg.train.precision} channels_last={cfg.train.channels_last} "
         f"compile={cfg.train.compile} | run dir {run_dir}")
     return facts
+
+
+def test_count(cfg: C.Config, data: RunData) -> str:
+    """'10000 test', '500 test (train.eval_limit)', then ' (1000 in test_exact.json)' with data.test_subset."""
+    n = len(data.dataset.test) if cfg.train.eval_limit <= 0 else min(cfg.train.eval_limit, len(data.dataset.test))
+    text = f"{n} test" + (" (train.eval_limit)" if cfg.train.eval_limit > 0 else "")
+    if data.dataset.test_subset is not None:
+        text += f" ({int(data.dataset.test_subset[:n].sum())} in {Path(data.dataset.test_subset_name).name})"
+    return text
 
 
 def interval_row(interval: Meter, accelerator, state: TrainState, lr: float, batches: int, start_wall: float) -> dict:
@@ -354,7 +372,7 @@ def finish(run: RunDirectory, cfg: C.Config, data: RunData, state: TrainState, r
                               facts=facts, wall_s=wall_s, setup_s=setup_s, world=accelerator.num_processes,
                               global_batch=data.global_batch, backend=data.backend, device=device_names()[0],
                               peak_mem_mb=peak_memory_mb(accelerator.device), checksums=checksums,
-                              ema=ema is not None)
+                              ema=ema is not None, test_subset=data.dataset.test_subset_name)
     for line in metrics.summary_lines(summary, run.write_summary(summary)):
         say(line)
     return summary

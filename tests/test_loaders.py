@@ -19,6 +19,9 @@ from harness.data.torch_loader import TorchLoader
 from harness.errors import UserError
 
 BACKENDS = ["torch", "dali"]
+# Every option that draws per image (issue 22's regularisation), for the world-size and resume tests: the
+# plain crop/flip/cutout case and this one.
+ALL_OPTIONS = dict(randaugment="rand-m9-n2", random_erasing=0.5, mixup=0.8, cutmix=1.0)
 # On a GPU machine every loader test runs on the GPU (DALI's GPU operators, the device-resident torch
 # backend); here, on the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,14 +121,24 @@ def test_evaluation_shards_cover_every_sample_once(world):
 @pytest.mark.parametrize("drop_last", [True, False])
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_plan_is_world_size_invariant(world, drop_last):
-    # rank r's part of global batch k is positions [k*G + r*B, k*G + (r+1)*B) of the 1-process plan
+    # rank r's part of global batch k is positions [k*G + r*B, k*G + (r+1)*B) of the 1-process plan, and
+    # so are its mixing partners' parameters
     n, B = 200, 12
-    kw = dict(seed=9, epoch=2, train=True, drop_last=drop_last, augment=Augment(cutout=6))
+    kw = dict(seed=9, epoch=2, train=True, drop_last=drop_last, augment=Augment(cutout=6, **ALL_OPTIONS))
     whole = make_plan(n, B * world, 0, 1, **kw)
     parts = [make_plan(n, B, r, world, **kw) for r in range(world)]
-    for field in ("indices", "dy", "dx", "flip", "cy", "cx"):
-        by_rank = torch.stack([getattr(p, field).view(-1, B) for p in parts], 1)  # (K, world, B)
-        assert torch.equal(by_rank.reshape(-1), getattr(whole, field)), field
+
+    def joined(field, plans):  # the ranks' rows of each global batch, side by side: (positions, ...)
+        t = torch.stack([getattr(p, field).view(-1, B, *getattr(p, field).shape[1:]) for p in plans], 1)
+        return t.reshape(-1, *t.shape[3:])
+
+    for field in ("indices", "dy", "dx", "flip", "cy", "cx", "ops", "negate", "erase", "lam", "cut", "box"):
+        assert torch.equal(joined(field, parts), getattr(whole, field)), field
+    for field in ("indices", "ops", "erase"):
+        assert torch.equal(joined(field, [p.partner for p in parts]), getattr(whole.partner, field)), field
+    # the partner of global position i is position G - 1 - i of its global batch
+    G = B * world
+    assert torch.equal(whole.partner.indices.view(-1, G), whole.indices.view(-1, G).flip(1))
 
 
 # -- the backends -----------------------------------------------------------------------------------
@@ -236,9 +249,10 @@ def test_evaluation_padding_and_counts(backend, world, data):
     assert sorted(seen) == sorted(labels.tolist())
 
 
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_mid_epoch(backend, data):
-    kw = dict(seed=4, augment=Augment(cutout=6))
+def test_resume_mid_epoch(backend, options, data):
+    kw = dict(seed=4, augment=Augment(cutout=6, **options))
     fresh = make(backend, *data, 20, **kw)
     fresh.set_epoch(2)
     full = list(fresh)
@@ -325,12 +339,14 @@ def render_ranks(backend, images, labels, B, world, *, epoch, state=None, **kw):
             for k in range(len(per_rank[0]))]
 
 
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_global_batches_do_not_depend_on_the_world_size(backend):
-    # coded images: equal pixels mean the same image with the same crop, flip and cutout
+def test_global_batches_do_not_depend_on_the_world_size(backend, options):
+    # coded images: equal pixels mean the same image with the same crop, flip and cutout (and RandAugment
+    # ops, erased rectangle, mixing partner, weight and box: the targets are soft then)
     n, G = 200, 48
     images, labels = coded_images(n), np.arange(n) % 10
-    kw = dict(seed=3, augment=Augment(cutout=8), drop_last=False)
+    kw = dict(seed=3, augment=Augment(cutout=8, **options), drop_last=False)
     one = render_ranks(backend, images, labels, G, 1, epoch=1, **kw)
     assert len(one) == 5  # ceil(200 / 48), the last global batch wrapped to full size
     for world in (2, 4):
@@ -340,11 +356,12 @@ def test_global_batches_do_not_depend_on_the_world_size(backend):
             assert torch.equal(y, v) and torch.equal(x, u)
 
 
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_with_another_world_size_continues_the_sequence(backend):
+def test_resume_with_another_world_size_continues_the_sequence(backend, options):
     n, G = 200, 24
     images, labels = coded_images(n), np.arange(n) % 10
-    kw = dict(seed=8, augment=Augment(cutout=4))
+    kw = dict(seed=8, augment=Augment(cutout=4, **options))
     reference = render_ranks(backend, images, labels, G, 1, epoch=2, **kw)
     # two processes hand out 3 global batches and checkpoint; the run resumes on 4 processes, then 1
     two = [make(backend, images, labels, G // 2, rank=r, world=2, **kw) for r in range(2)]

@@ -22,6 +22,7 @@ from harness.errors import UserError
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     data = make_cifar(root / "data")
+    (data / "test_exact.json").write_text(json.dumps({"indices": list(range(0, 128, 2))}))  # as cifar10_pack.py
     runs = root / "runs"
     common = FAST + [f"data.root={data}", "data.download=false"]
     ddp = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/cpu_ddp.yaml",
@@ -57,6 +58,11 @@ def test_report_from_run_directories(runs, tmp_path):
     s = summary(runs, "lenet5-1")
     lenet = next(r for r in rows if "lenet5" in r)
     assert f"{s['params'] / 1e6:.2f}" in lenet and f"{100 * s['test_acc']:.2f}%" in lenet
+    # top-5, and the test subset with its size and interval, in their own columns
+    cells = [c.strip() for c in lenet.split("|")]
+    assert cells[5] == f"{100 * s['test_top5']:.2f}%"
+    assert cells[6] == (f"{100 * s['test_subset_acc']:.2f}% (test_exact, n=64, 95% CI "
+                        f"{100 * s['test_subset_ci95_low']:.2f}–{100 * s['test_subset_ci95_high']:.2f}%)")
 
     # scaling: simple_cnn at 1 and 2 processes, efficiency = (ips_2 / 2) / ips_1 from the summaries
     one, two = summary(runs, "simple_cnn-1"), summary(runs, "simple_cnn-2")
@@ -74,6 +80,8 @@ def test_report_from_run_directories(runs, tmp_path):
         table = {r["name"]: r for r in csv.DictReader(f)}
     assert set(table) == {"simple_cnn-1", "simple_cnn-2", "lenet5-1", "crashed"}
     assert table["crashed"]["status"].startswith("incomplete") and table["crashed"]["model"] == "simple_cnn"
+    lenet_csv = table["lenet5-1"]
+    assert float(lenet_csv["test_subset_acc"]) == s["test_subset_acc"] and lenet_csv["test_subset_images"] == "64"
     for png in ("accuracy_curves.png", "params_vs_accuracy.png", "scaling.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -3,6 +3,7 @@ scales and scaled bias lr, decoupled weight decay, Muon, Lookahead, the warm-up-
 test-time augmentation, the warm-up run, and train.repeats end to end."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,7 +16,8 @@ from torch import nn
 from harness import config as C
 from harness.training.lookahead import Lookahead
 from harness.models import create_model
-from harness.training.optim import Muon, build_optimizer, lr_at, orthogonalize, set_lr
+from harness.training.muon import Muon, orthogonalize
+from harness.training.optim import build_optimizer, lr_at, set_lr
 from harness.data.loaders import normalise
 from harness.training.whiten import first_conv, init_whitening, patch_covariance
 from tests.conftest import FAST, make_cifar, run_harness
@@ -186,6 +188,138 @@ def test_muon_conv_update_is_near_orthogonal_and_the_rest_is_sgd():
     torch.testing.assert_close(head.detach(), head0 - 0.1 * (1 + 0.5) * head_grad)  # plain Nesterov SGD
 
 
+def _reference_muon_step(groups: list[dict], state: dict) -> None:
+    """The per-parameter Muon loop that harness/training/muon.py replaced, kept as the reference: one
+    tensor at a time, Newton-Schulz on each 2-D matrix on its own."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+
+    def orthogonalize_one(g):
+        x = g.bfloat16()
+        x = x / (x.norm() + 1e-7)
+        tall = x.shape[0] > x.shape[1]
+        if tall:
+            x = x.T
+        for _ in range(3):
+            A = x @ x.T
+            x = a * x + (b * A + c * A @ A) @ x
+        return (x.T if tall else x).to(g.dtype)
+
+    with torch.no_grad():
+        for group in groups:
+            lr, m, nesterov = group["lr"], group["momentum"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not group["orthogonalize"] and group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if p not in state:
+                    buf = state[p] = g.clone()
+                else:
+                    buf = state[p].mul_(m).add_(g)
+                d = g.add(buf, alpha=m) if nesterov else buf
+                if group["orthogonalize"]:
+                    p.mul_(math.sqrt(p.shape[0]) / (p.norm() + 1e-12))
+                    d = orthogonalize_one(d.reshape(len(d), -1)).view_as(p)
+                p.add_(d, alpha=-lr)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_step_equals_the_per_parameter_loop(nesterov):
+    """Foreach momentum, shape-batched Newton-Schulz and torch's fused SGD for the rest give the old
+    loop's weights over several steps: airnet's filters (4 shapes, one shared by three banks, one tall
+    bank added) under Muon, the 1-D tensors and the head under (Nesterov) SGD with weight decay, the lr
+    changing every step as the schedule does."""
+    torch.manual_seed(0)
+    model = create_model("airnet")
+    model.tall = nn.Conv2d(3, 40, 1, bias=False)  # (40, 3): a tall matrix, iterated transposed
+    new, old = model, copy.deepcopy(model)
+    start = [p.detach().clone() for p in new.parameters()]
+    cfg = _optim(name="muon", muon_lr=0.24, muon_momentum=0.6, momentum=0.85, nesterov=str(nesterov).lower(),
+                 weight_decay=0.004, weight_decay_mode="decoupled", bias_lr_scale=0.08)
+    opt = build_optimizer(new, cfg, lr=1.5)
+    assert isinstance(opt, Muon)
+    ref_groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [dict(old.named_parameters())[n] for n in _names(new, g["params"])]}
+                  for g in opt.param_groups]
+    kinds = sorted((g["orthogonalize"], g["weight_decay"] > 0) for g in opt.param_groups)
+    assert kinds == [(False, True), (False, True), (True, False)]  # 1-D tensors, the head, the filters
+    ref_state: dict = {}
+    for step in range(4):
+        x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+        for net in (new, old):
+            net.zero_grad(set_to_none=True)
+            (F.cross_entropy(net(x), y) + net.tall(x).square().mean()).backward()
+        lr = 1.5 * (1 - step / 4)
+        set_lr(opt, lr)
+        for g in ref_groups:
+            g["lr"] = lr * g["lr_scale"]
+        opt.step()
+        _reference_muon_step(ref_groups, ref_state)
+        for (name, p), q in zip(new.named_parameters(), old.parameters()):
+            # the same arithmetic, summed in another order here and there (a norm, a fused kernel): fp32
+            # rounding. Once a filter's inputs differ in their last bit, one element of its bf16 update can
+            # round the other way: lr x 2^-8 x |update| (0.24 x 0.004 x 0.1 = 1e-4) is one bf16 step
+            tol = 2e-4 if p.ndim == 4 else 1e-6
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=tol, msg=lambda m: f"step {step}, {name}: {m}")
+    assert all(not torch.equal(p, p0) for p, p0 in zip(new.parameters(), start))  # every tensor trained
+
+
+def test_muon_falls_back_to_the_eager_iteration_when_compiling_fails():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 6, 6))
+    twin = copy.deepcopy(model)
+    broken = Muon([{"params": [model[0].weight], "orthogonalize": True}], lr=0.1, compile="no_such_backend")
+    eager = Muon([{"params": [twin[0].weight], "orthogonalize": True}], lr=0.1, compile=False)
+    x = torch.randn(4, 3, 6, 6)
+    for net in (model, twin):
+        net(x).square().mean().backward()
+    with pytest.warns(UserWarning, match="Muon: compiling the Newton-Schulz iteration failed"):
+        broken.step()
+    eager.step()
+    assert broken.compile is False and torch.equal(model[0].weight, twin[0].weight)
+
+
+def _names(model: nn.Module, params: list) -> list[str]:
+    ids = {id(p): n for n, p in model.named_parameters()}
+    return [ids[id(p)] for p in params]
+
+
+def test_muon_iteration_is_batched_per_shape_and_its_compiled_form_does_not_recompile(monkeypatch):
+    """One Newton-Schulz call per filter shape, not per filter bank; under torch.compile (dynamo with the
+    'eager' backend here: the guards, without code generation) the lr changing every step and the epochs
+    passing compile nothing new after the first step."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from harness.training import muon
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = create_model("airnet")
+    opt = build_optimizer(model, _optim(name="muon", muon_lr=0.24, momentum=0.85), lr=1.0)
+    opt.compile = "eager"
+    calls = []
+    real = muon.compiled_newton_schulz("eager")
+    monkeypatch.setitem(muon._COMPILED, "eager", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a))
+    for step in range(6):
+        model.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+        set_lr(opt, 1.0 / (step + 1))
+        if step == 1:  # every shape has been seen: from here on, a recompilation is an error
+            graphs = counters["stats"]["unique_graphs"]
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        opt.step()
+    per_step = calls[:len(calls) // 6]
+    # airnet's 7 filter banks (unwhitened, so the first trains too): 5 shapes, (256, 2304) three times
+    # whiten (24, 12) is tall: it is iterated transposed, (12, 24)
+    assert sorted(per_step) == [(1, 12, 24), (1, 64, 216), (1, 64, 576), (1, 256, 576), (3, 256, 2304)]
+    assert 1 <= graphs <= 2  # dynamic shapes: one graph, and one for batches of a single matrix
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 # ---- Lookahead -------------------------------------------------------------------------------------
 
 
@@ -244,6 +378,31 @@ class _Accelerator:  # the few Accelerator members evaluate() uses, for one CPU 
         return t
 
 
+def test_tta_views_survive_a_model_that_reuses_its_output_buffer():
+    """CUDA-graph compile modes return each call's output in a buffer the graph owns, overwritten by the
+    next call: this model does the same on the CPU. Each view must be copied out before the next runs."""
+    from harness.training.evaluate import tta_logits
+
+    class OneBuffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.out = create_model("simple_cnn").eval(), None
+
+        def forward(self, x):
+            y = self.net(x)
+            if self.out is None:
+                self.out = torch.empty_like(y)
+            return self.out.copy_(y)
+
+    torch.manual_seed(0)
+    model, x = OneBuffer(), torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        for tta in ("none", "flip", "flip_translate"):
+            honest = tta_logits(model.net, x, tta)
+            torch.testing.assert_close(tta_logits(model, x, tta), honest)
+        assert not torch.allclose(honest, model.net(x.flip(3)))  # the views do differ
+
+
 def test_tta_logits_are_the_mean_over_the_views_by_hand():
     from harness.training.evaluate import evaluate, tta_logits
 
@@ -293,9 +452,13 @@ def test_warmup_run_changes_nothing_but_the_clock(tmp_path):
 
 def test_speed_recipe_repeats_write_statistics(tmp_path):
     """configs/speed94.yaml at smoke size (airnet, whitening, Muon, frozen BN scales, TTA, warm-up run,
-    alternating flip, reflect padding), twice: repeats.json holds both runs and their statistics."""
+    alternating flip, reflect padding), twice, on data with a test_exact.json beside it: repeats.json holds
+    both runs and their statistics: accuracy on the whole test set and on the subset, time without and
+    with the final evaluation."""
     root = tmp_path / "data"
     make_cifar(root)
+    (root / "test_exact.json").write_text(json.dumps({"dataset": "cifar10", "split": "test",
+                                                      "indices": list(range(50))}))
     out = tmp_path / "speed"
     proc = run_harness(["--config", "configs/speed94.yaml", f"data.root={root}", "data.verify=structure",
                         "train.precision=fp32", "train.compile=false", "train.batch_size=64", "train.epochs=1",
@@ -307,7 +470,11 @@ def test_speed_recipe_repeats_write_statistics(tmp_path):
         s = _summary(out / f"seed-{k}")
         assert r["test_acc"] == s["test_acc"] and r["time_s"] == s["time_s"] > 0
         assert s["model"] == "airnet" and s["steps"] == 2
-    assert record["test_acc"]["n"] == 2
+        # airbench's clock: the final 6-view evaluation on top of training, its graph warmed up beforehand
+        assert r["time_s_with_final_eval"] == s["time_s_with_final_eval"] > s["time_s"]
+        assert r["test_subset_acc"] == s["test_subset_acc"] and r["test_subset_images"] == s["test_subset_images"] == 50
+    assert record["test_acc"]["n"] == record["test_subset_acc"]["n"] == record["time_s_with_final_eval"]["n"] == 2
+    assert record["test_subset"] == str(root / "test_exact.json") and record["test_subset_images"] == 50
     assert record["test_acc"]["mean"] == pytest.approx(sum(r["test_acc"] for r in record["runs"]) / 2)
     assert record["time_s"]["ci95_low"] <= record["time_s"]["mean"] <= record["time_s"]["ci95_high"]
     assert "repeats: test accuracy" in proc.stdout
@@ -316,6 +483,32 @@ def test_speed_recipe_repeats_write_statistics(tmp_path):
 
     w = [load_run(out / f"seed-{k}").whiten.weight for k in range(2)]
     torch.testing.assert_close(w[0], w[1])
+
+
+def test_repeats_record_is_written_after_every_run(tmp_path):
+    """A job stopped during run 3 of 3 (train.py leaves with SystemExit(128 + signal) on SIGTERM) keeps
+    a valid repeats.json of the two runs it finished."""
+    from harness.training.repeats import run_repeats
+
+    seen = []
+
+    def main(argv):
+        seed = int(next(a for a in reversed(argv) if a.startswith("run.seed="))[len("run.seed="):])
+        if len(seen) == 2:
+            on_disk = json.loads((tmp_path / "repeats.json").read_text())
+            assert on_disk["n"] == 2 and on_disk["complete"] is False  # already there before run 3 starts
+            raise SystemExit(143)
+        seen.append(seed)
+        return {"test_acc": 0.9 + seed / 100, "time_s": 3.0 + seed, "device": "cpu"}
+
+    cfg = C.load(C.Config, None, ["train.repeats=3", "run.seed=5"])
+    with pytest.raises(SystemExit):
+        run_repeats(main, ["train.repeats=3"], cfg, tmp_path)
+    record = json.loads((tmp_path / "repeats.json").read_text())
+    assert seen == [5, 6] and [r["seed"] for r in record["runs"]] == [5, 6]
+    assert (record["n"], record["n_planned"], record["complete"]) == (2, 3, False)
+    assert record["test_acc"]["n"] == 2 and record["test_acc"]["mean"] == pytest.approx(0.955)
+    assert record["time_s"]["median"] == pytest.approx(8.5)
 
 
 def test_speed_recipe_under_two_process_ddp_keeps_ranks_identical(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import FAST, REPO, make_cifar, run_harness
@@ -182,15 +183,28 @@ def test_single_process_run_writes_the_run_directory(tmp_path, learnable_root):
 @pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path, learnable_root):
     run = tmp_path / "ddp"
+    subset = list(range(1, 200, 3))  # 67 test images, spread over both ranks' strided shards
+    (tmp_path / "subset.json").write_text(json.dumps(subset))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(REPO / "launch/accelerate/cpu_ddp.yaml"), str(REPO / "harness/train.py")]
     run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "train.epochs=2", "run.log_every=2",
-                        "train.eval_batch_size=48"], launcher=launcher, timeout=400)
+                        "train.eval_batch_size=48", f"data.test_subset={tmp_path / 'subset.json'}"],
+                launcher=launcher, timeout=400)
     s = summary(run)
     assert s["world_size"] == 2
     a, b = s["param_checksums"]
     assert a == b  # bit-identical weights on both ranks
     assert s["test_images"] == 200  # exact: each test image counted once across ranks, padding never
+    # the subset too: its size, and its accuracy equal to the saved model's on those images by hand
+    assert s["test_subset_images"] == 67
+    from harness.data.loaders import normalise
+    from harness.models import load_run
+
+    test = load_dataset("cifar10", learnable_root, verify="structure").test
+    with torch.no_grad():
+        hit = (load_run(run)(normalise(test.images)).argmax(1).numpy() == test.labels)
+    assert s["test_subset_acc"] == pytest.approx(hit[subset].mean(), abs=1e-12)
+    assert s["test_acc"] == pytest.approx(hit.mean(), abs=1e-12)
     steps = rows(run, "step")
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert s["train_images_per_s_per_device"] == pytest.approx(s["train_images_per_s"] / 2)

@@ -1,19 +1,25 @@
-"""The GPU campaign: every published figure from one command, in priority order, inside a time budget.
+"""The GPU campaign: every published figure, in priority order, inside a time budget.
 
-    python -m harness.campaign [budget_min=25] [out=docs/benchmarks/<gpu>] [smoke=true] [steps=zoo,ladder]
+    python -m harness.campaign plan=true [gpu=H200]          the plan: steps, estimates, caps, what fits
+    python -m harness.campaign call=1 out=DIR                the first command of an allocation
+    python -m harness.campaign call=2 out=DIR resume=true    the second, into the same directory
+    python -m harness.campaign smoke=true                    every step at toy size on a CPU
 
-This module owns running the campaign: the steps (`steps.STEPS`) run one after another, each as a
-subprocess of the harness's own CLI (`python -m harness.bench ...`, `python -m harness.train ...`), so an
-OOM, a crash or a hang in one step ends only that step. Before each step the budget (`budget.Budget`)
-rescales its time estimate by what the steps so far took and skips it, listed with the reason, when it no
-longer fits; a step that runs gets a timeout from the time left, and its console output goes to
-`logs/<step>.log`. After every step the report (`report.write`) is rewritten, so a campaign cut short
-still leaves a complete, readable report of what it measured.
+This module owns running the campaign: the steps (`steps.STEPS`, grouped into calls) run one after
+another in priority order (`steps=` sets another), each as a subprocess of the harness's own CLI
+(`python -m harness.bench ...`, `python -m harness.train ...`), so an OOM, a crash or a hang in one step
+ends only that step. Before each step the budget (`budget.Budget`) estimates it (start and compile
+seconds as planned, run seconds rescaled by what the steps so far took) and skips it, listed with the
+reason, when it no longer fits; a step that runs gets a hard cap, and its console output goes to
+`logs/<step>.log`. After every step the report (`report.write`) is rewritten from whatever the steps
+wrote, and SIGTERM (`timeout`) or Ctrl-C stops the running step, keeps what it wrote and writes the
+report before the campaign exits, so a call cut short still leaves a readable report.
 
 smoke=true runs every step at toy size on a CPU (a few minutes; what the tests run). It never reads data/:
 it writes a tiny CIFAR-10 in the official binary format to a temporary directory. At full size, the
 time-to-accuracy steps need the real CIFAR-10 under data.root and are skipped (and listed) without it;
-the benchmarks fall back to random images and say so. Method and budget: docs/benchmarks/campaign.md.
+the benchmarks fall back to random images and say so. Output: runs/campaign-<gpu> unless out= names
+another directory (out=docs/benchmarks/<gpu> publishes). Method and budget: docs/benchmarks/campaign.md.
 """
 from __future__ import annotations
 
@@ -30,42 +36,66 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.campaign.budget import Budget
-from harness.campaign.steps import STEPS, Step, by_name
+from harness.campaign.budget import Budget, Estimate, plan
+from harness.campaign.steps import CALLS, GPUS, KILL_AFTER_S, STEPS, Step, by_name
 from harness.cli import parse_args
 from harness.config import ConfigError
 from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-NO_DATA = ("no CIFAR-10 under {data_root} (time to accuracy on random images means nothing; stage it with "
-           "`python ../shared/tools/device_stage.py prepare`)")
-USAGE = "python -m harness.campaign [budget_min=25] [out=DIR] [smoke=true] [resume=true] [key=value ...]"
+NO_DATA = ("no CIFAR-10 under {data_root} (time to accuracy on random images means nothing): put the "
+           "official files there, or set data.root=")
+NO_DALI = "needs NVIDIA DALI on a GPU (optional: pip install -e '.[dali]'; docs/benchmarks/campaign.md, call 3)"
+USAGE = "python -m harness.campaign [plan=true] [call=1|2|3] [out=DIR] [resume=true] [smoke=true] [key=value ...]"
+REPORT_S = 5  # kept back from the budget for the final report's plots
+STOP_GRACE_S = 4  # a stopped step's processes get this long to end on SIGTERM (steps.KILL_AFTER_S is 8)
 
 
 @dataclass
 class CampaignData:
-    root: str = "data"  # the CIFAR-10 files (stage them on a GPU machine first; see the docs)
+    root: str = "data"  # the CIFAR-10 files (the time-to-accuracy steps need them)
 
 
 @dataclass
 class CampaignConfig:
-    budget_min: float = 25.0  # wall-clock budget for every step together, in minutes
-    out: str = ""  # output directory ("": docs/benchmarks/<gpu>, e.g. h100-80gb-hbm3; cpu without CUDA; -smoke added)
+    # which command of the allocation: 1 (no CIFAR-10 needed), 2 (CIFAR-10), 3 (optional, later: DALI, the
+    # zoo tables); 0: every step
+    call: int = 0
+    plan: bool = False  # print the plan (each call's steps, estimated seconds, caps, what fits) and exit
+    gpu: str = ""  # plan=true for this GPU (H100, H200; another name: the H100's run times x 2); "": this machine's
+    # wall-clock budget in minutes (0: the call's, from the plan: 3.5 min for call=1, 7.3 for call=2, 7.5
+    # for call=3; 25 for every step)
+    budget_min: float = 0.0
+    out: str = ""  # output directory ("": runs/campaign-<gpu>, e.g. runs/campaign-h200; -smoke added)
     smoke: bool = False  # every step at toy size on a CPU in a few minutes, on a generated tiny CIFAR-10
-    steps: str = ""  # comma list of steps to run ("": all): zoo, zoo-compiled, ladder, data, tta-speed94, ...
-    repeats: int = 5  # runs of the speed recipe, for its mean ± std and 95% interval
-    # continue the campaign in out (or start one): steps already ok are kept, the others run. One device
-    # command may run 10 minutes at most, so a 25-minute campaign is several calls with resume=true
-    resume: bool = False
+    steps: str = ""  # comma list of steps to run, in this order ("": the call's steps in priority order)
+    repeats: int = 10  # runs of the speed recipe, for its mean ± std and 95% interval
+    resume: bool = False  # continue the campaign in out (or start one): steps already ok are kept, the others run
     data: CampaignData = field(default_factory=CampaignData)
 
 
 def check(cfg: CampaignConfig) -> None:
-    if not cfg.budget_min > 0:
-        raise ConfigError(f"budget_min={cfg.budget_min}: must be positive (minutes, e.g. budget_min=25)")
+    if cfg.budget_min < 0:
+        raise ConfigError(f"budget_min={cfg.budget_min}: must be positive (minutes, e.g. budget_min=8), or 0 for "
+                          "the call's")
+    if cfg.call not in (0, *CALLS):
+        raise ConfigError(f"call={cfg.call}: one of {', '.join(map(str, CALLS))}, or 0 for every step")
     if cfg.repeats < 1:
         raise ConfigError(f"repeats={cfg.repeats}: must be at least 1")
     by_name(cfg.steps)
+
+
+def budget_s(cfg: CampaignConfig) -> float:
+    """The call's budget: budget_min when given, else the plan's for the call (25 min for every step)."""
+    if cfg.budget_min:
+        return cfg.budget_min * 60
+    return CALLS[cfg.call].budget_s if cfg.call else 25 * 60
+
+
+def gpu_key(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100', 'h200' -> 'H200': the estimates' column; other names as given."""
+    m = re.search(r"(?<![A-Za-z0-9])H(100|200)(?![0-9])", name, flags=re.I)
+    return f"H{m.group(1)}" if m else name.strip()
 
 
 def slug(device_name: str) -> str:
@@ -89,6 +119,22 @@ def describe_device() -> dict:
             pass
     return {"name": name, "gpu": cuda, "driver": driver, "count": torch.cuda.device_count() if cuda else 0,
             "slug": slug(name) if cuda else "cpu"}
+
+
+def default_out(device: dict, smoke: bool) -> Path:
+    """runs/campaign-<gpu> (runs/ is git-ignored: publishing under docs/ takes an explicit out=); a smoke
+    run never lands in (or resumes) the directory that holds the GPU's real figures."""
+    return Path("runs") / f"campaign-{device['slug']}{'-smoke' if smoke else ''}"
+
+
+def for_steps(path: Path | str) -> str:
+    """`path` as the steps see it: they run from the repository's root, the campaign maybe from elsewhere
+    (relative to the root when inside it, so the published commands carry no machine's paths)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
 
 
 def has_cifar10(root: str) -> bool:
@@ -133,148 +179,265 @@ def command(step: Step, ctx: dict, smoke: bool) -> tuple[list[str], str]:
     return [sys.executable, "-m", step.module, *args], note
 
 
-def run_logged(argv: list[str], log: Path, timeout_s: float, env: dict) -> tuple[int, float, bool]:
-    """Run argv from the repository root, stdout and stderr into `log`; (exit code, seconds, timed out).
-    Its own process group, so a timeout also ends its DataLoader workers and compile workers."""
+def estimate(step: Step, gpu: str, repeats: int, smoke: bool) -> Estimate:
+    """The step's planned seconds on `gpu` (steps.py says where they come from); smoke: the CPU's."""
+    if smoke:
+        return Estimate(run_s=step.smoke_s)
+    return Estimate(step.start_s, step.compile_s, step.run_estimate(gpu, repeats))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the plan
+
+
+def plan_text(gpu: str, repeats: int, steps: str = "") -> str:
+    """Each call's steps with their estimates and caps on `gpu`, as the budget would decide them if every
+    step took its estimate; the calls' limits, timeouts and budgets."""
+    from harness import tables
+
+    gpu = gpu_key(gpu) or GPUS[0]
+    chosen = by_name(steps)
+    known = gpu in GPUS
+    lines = [f"Plan on {gpu}" + ("" if known else f" (no estimates for it: the H100's run times x 2)")
+             + f", speed recipe n={repeats}. Estimates in seconds: process start, torch.compile (default mode, "
+             "cold; not scaled by the GPU's speed) and the measured work; the cap ends a step and keeps what it "
+             "wrote. Where the numbers come from: harness/campaign/steps.py.", ""]
+    for number, call in CALLS.items():
+        steps_here = [s for s in chosen if s.call == number]
+        if not steps_here:
+            continue
+        planned = plan([(s.name, estimate(s, gpu, repeats, False)) for s in steps_here], call.budget_s, REPORT_S)
+        rows = []
+        for s, p in zip(steps_here, planned):
+            e, d = p.estimate, p.decision
+            rows.append([s.name, f"{e.start_s:.0f}", f"{e.compile_s:.0f}", f"{e.run_s:.0f}", f"{d.estimate_s:.0f}",
+                         f"{d.timeout_s:.0f}" if d.run else "-", f"{p.at_s:.0f}" if d.run else "-",
+                         "yes" if d.run else f"no: {d.reason}"])
+        used = sum(p.decision.estimate_s for p in planned if p.decision.run)
+        lines += [f"Call {number} ({call.what}): {call.limit_s:.0f} s in all = {call.before_s:.0f} s before the "
+                  f"campaign + the campaign under `timeout -k {KILL_AFTER_S} {call.timeout_s}` + {call.after_s:.0f} s "
+                  f"to pack the results; the campaign's budget {call.budget_s:.0f} s, {REPORT_S} s of it for the final "
+                  "report.",
+                  "", tables.markdown_table(["step", "start", "compile", "run", "estimate", "cap", "starts at",
+                                             "fits"], rows, align="lrrrrrrl"),
+                  "", f"Estimated {used:.0f} s of {call.budget_s - REPORT_S:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# running one step
+
+
+class Stopped(Exception):
+    """SIGTERM (e.g. from `timeout`), SIGINT (Ctrl-C) or SIGHUP arrived: stop the step, keep what it wrote,
+    write the report, exit 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def end_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the step's process group (its DataLoader and compile workers too), SIGKILL after
+    `grace_s`. harness.train ends a SIGTERM'd run with a checkpoint and exit 143."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+def run_logged(argv: list[str], log: Path, timeout_s: float, env: dict) -> tuple[int | None, float, str]:
+    """Run argv from the repository root, stdout and stderr into `log`; (exit code, seconds, how it was
+    cut: "" | "cap" | Stopped's signal number as text). Its own process group, so a cap or a stop ends
+    its workers too."""
     with open(log, "w") as f:
         f.write("$ " + shlex.join(argv) + "\n")
         f.flush()
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            rc, timed_out = proc.wait(timeout=timeout_s), False
-        except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            rc, timed_out = proc.returncode, True
-        return rc, time.monotonic() - t0, timed_out
+            return proc.wait(timeout=timeout_s), time.monotonic() - t0, ""
+        except subprocess.TimeoutExpired:
+            end_group(proc, 2 * STOP_GRACE_S)
+            return proc.returncode, time.monotonic() - t0, "cap"
+        except Stopped as e:
+            end_group(proc, STOP_GRACE_S)
+            return proc.returncode, time.monotonic() - t0, str(e.signum)
 
 
-def record(step: Step, prior_s: float, argv: list[str], note: str) -> dict:
+def record(step: Step, e: Estimate, argv: list[str], note: str) -> dict:
     """A step's entry in campaign.json; status and times are filled in as it is decided and run."""
-    return {"name": step.name, "group": step.group, "title": step.title, "status": "", "reason": "",
-            "prior_s": prior_s, "estimate_s": None, "elapsed_s": None, "timeout_s": None,
-            "command": shlex.join(["python", *argv[1:]]), "log": f"logs/{step.name}.log",
-            "outputs": [f"{step.name}/{o}" for o in step.outputs], "missing": [], "note": note,
-            "settings": step.settings}
+    return {"name": step.name, "group": step.group, "call": step.call, "title": step.title, "status": "",
+            "reason": "", "prior_s": e.fixed_s + e.run_s, "estimate": dataclasses.asdict(e), "estimate_s": None,
+            "elapsed_s": None, "timeout_s": None, "command": shlex.join(["python", *argv[1:]]),
+            "log": f"logs/{step.name}.log", "outputs": [f"{step.name}/{o}" for o in step.outputs], "missing": [],
+            "note": note, "settings": step.settings, "measured_in_call": None, "data": None}
 
 
 def run_step(step: Step, rec: dict, out: Path, argv: list[str], timeout_s: float, env: dict) -> float:
-    """Run one step into out/<step>; fill in its record (status, elapsed, missing outputs); seconds taken."""
+    """Run one step into out/<step>; fill in its record (status, elapsed, missing outputs); seconds taken.
+    Raises Stopped, after filling in the record, when a signal stopped it."""
     d = out / step.name
-    if d.exists():  # a failed or cut-short attempt of an earlier call: start the step afresh
-        shutil.rmtree(d)
+    if d.exists():  # an earlier call's attempt that did not finish: kept beside, never deleted
+        previous = out / f"{step.name}.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        d.rename(previous)
     d.mkdir()
-    rc, elapsed, timed_out = run_logged(argv, out / rec["log"], timeout_s, env)
+    rc, elapsed, cut = run_logged(argv, out / rec["log"], timeout_s, {**env, **step.env})
     for name in step.prune:  # at any depth: the speed recipe's repeats each have their own run directory
         for p in sorted(d.rglob(name), reverse=True):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     rec["elapsed_s"] = elapsed
     rec["missing"] = [o for o in rec["outputs"] if not (out / o).is_file()]
-    if timed_out:
-        rec["status"] = f"timed out after {elapsed:.0f} s"
+    kept = "; kept what it wrote" if any(p.is_file() for p in d.rglob("*")) else ""
+    if cut == "cap":
+        rec["status"] = f"cut at its cap after {elapsed:.0f} s{kept}"
+    elif cut:
+        rec["status"] = f"stopped by signal {cut} after {elapsed:.0f} s{kept}"
     elif rc != 0:
         rec["status"] = f"failed (exit {rc})"
     elif rec["missing"]:
         rec["status"] = "failed (no " + ", ".join(rec["missing"]) + ")"
     else:
         rec["status"] = "ok"
+    if cut and cut != "cap":
+        raise Stopped(int(cut))
     return elapsed
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from harness.campaign import report
-    from harness.provenance import provenance
+# ----------------------------------------------------------------------------------------------------
 
+
+def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(CampaignConfig, argv, prog="python -m harness.campaign", usage=USAGE)
     check(cfg)
+    if cfg.plan:
+        device = {"gpu": False} if cfg.gpu else describe_device()
+        print(plan_text(cfg.gpu or (gpu_key(device["name"]) if device["gpu"] else GPUS[0]), cfg.repeats, cfg.steps))
+        return {}
+    handlers = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        return run(cfg, argv)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def run(cfg: CampaignConfig, argv: list[str]) -> dict:
+    from harness.campaign import report
+    from harness.provenance import git_sha, provenance
+
     started = time.monotonic()
-    selected = {s.name for s in by_name(cfg.steps)}
+    selected = by_name(cfg.steps, cfg.call)
     device = describe_device()
-    # a smoke run never lands in (or resumes) the directory that holds the GPU's real figures
-    out = Path(cfg.out or Path("docs") / "benchmarks" / (device["slug"] + ("-smoke" if cfg.smoke else "")))
+    gpu = gpu_key(device["name"]) if device["gpu"] else "cpu"
+    out = Path(cfg.out) if cfg.out else default_out(device, cfg.smoke)
     previous = report.load(out / "campaign.json")
     if (out / "campaign.json").exists() and not cfg.resume:
         raise UserError(f"{out} already holds a campaign (campaign.json); continue it with resume=true, or "
-                        "choose a new out=DIR")
+                        "choose another out=DIR")
     if previous and previous.get("smoke") != cfg.smoke:
         raise UserError(f"{out} holds a {'smoke' if previous.get('smoke') else 'full-size'} campaign; resume it "
-                        f"with smoke={'true' if previous.get('smoke') else 'false'}, or choose a new out=DIR")
+                        f"with smoke={'true' if previous.get('smoke') else 'false'}, or choose another out=DIR")
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="campaign-cifar-")) if cfg.smoke else None
-    data_root = str(tiny_cifar(tmp)) if tmp else cfg.data.root
+    data_root = str(tiny_cifar(tmp)) if tmp else for_steps(cfg.data.root)
     ctx = {"data_root": data_root, "verify": "structure" if cfg.smoke else "official", "repeats": cfg.repeats}
-    real_data = has_cifar10(data_root)
+    real_data = has_cifar10(str(REPO / data_root))
+    data = ("a generated tiny CIFAR-10 (256 train / 128 test random images)" if cfg.smoke
+            else f"CIFAR-10 from {data_root}" if real_data else f"random images (no CIFAR-10 under {data_root})")
+    from harness.data.loaders import dali_available
+
+    dali = device["gpu"] and dali_available()
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    # reserve: the final report's plots; grace: a short step's time varies most (process start, imports)
-    budget = Budget(cfg.budget_min * 60, reserve_s=15 if cfg.smoke else 30, grace_s=60)
-    call = {"command": ["python", "-m", "harness.campaign", *argv], "budget_min": cfg.budget_min,
-            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "elapsed_s": 0.0}
-    campaign = previous or {
-        "smoke": cfg.smoke, "device": device, "provenance": provenance(1, "cuda" if device["gpu"] else "cpu"),
-        "data": ("a generated tiny CIFAR-10 (256 train / 128 test random images)" if cfg.smoke
-                 else f"CIFAR-10 from {data_root}" if real_data else f"no CIFAR-10 under {data_root}: random images"),
-        "calls": [], "steps": [], "finished": False}
+    budget = Budget(budget_s(cfg), reserve_s=REPORT_S)
+    call = {"call": cfg.call, "command": ["python", "-m", "harness.campaign", *argv],
+            "budget_min": budget.budget_s / 60, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "elapsed_s": 0.0, "data": data, "git_sha": git_sha(), "status": "running"}
+    campaign = previous or {"smoke": cfg.smoke, "device": device,
+                            "provenance": provenance(1, "cuda" if device["gpu"] else "cpu"), "calls": [], "steps": []}
     campaign["calls"].append(call)
+    number = len(campaign["calls"])
     campaign["config"], campaign["finished"] = dataclasses.asdict(cfg), False
-    done = {r["name"]: r for r in campaign["steps"] if r["status"] == "ok"}
+    earlier = {r["name"]: r for r in campaign["steps"]}
     for r in campaign["steps"]:  # what earlier calls measured still calibrates the estimates
-        if r.get("elapsed_s") is not None:
-            budget.learn(r["prior_s"], r["elapsed_s"])
-    campaign["steps"] = []
-    print(f"campaign on {device['name']}: budget {cfg.budget_min:g} min, {len(selected)} steps -> {out}",
-          file=sys.stderr)
-    mark, failed = time.monotonic(), []
+        if r.get("elapsed_s") is not None and r.get("estimate"):
+            budget.learn(Estimate(**r["estimate"]), r["elapsed_s"])
+    records, todo = {}, {s.name for s in selected}
+    for s in STEPS:  # every step has a row, in priority order: measured, to be run now, or why not
+        argv_step, note = command(s, {**ctx, "dir": for_steps(out / s.name)}, cfg.smoke)
+        rec = record(s, estimate(s, gpu, cfg.repeats, cfg.smoke), argv_step, note)
+        if s.name in earlier and (earlier[s.name]["status"] == "ok" or (
+                s.name not in todo and earlier[s.name].get("measured_in_call"))):
+            rec = earlier[s.name]  # decided by an earlier call (measured, cut or skipped), not asked again
+        elif s.name not in todo:
+            rec["status"] = "not selected" if cfg.steps else f"waits for call {s.call}"
+            rec["reason"] = f"steps={cfg.steps}" if cfg.steps else ""
+        records[s.name] = rec
+    campaign["steps"] = list(records.values())
+    print(f"campaign on {device['name']}: call {cfg.call or 'all'}, budget {budget.budget_s:.0f} s, "
+          f"{len(selected)} steps -> {out}", file=sys.stderr)
+    mark, failed, stopped = started, [], None  # the set-up above counts too
     try:
-        for i, step in enumerate(STEPS, 1):
-            if step.name in done:  # measured by an earlier call of this campaign
-                campaign["steps"].append(done[step.name])
+        for i, step in enumerate(selected, 1):
+            rec = records[step.name]
+            if rec["status"] == "ok":  # measured by an earlier call of this campaign
                 continue
             budget.charge_overhead(time.monotonic() - mark)
-            prior = step.smoke_s if cfg.smoke else step.gpu_s
-            argv_step, note = command(step, {**ctx, "dir": str(out / step.name)}, cfg.smoke)
-            rec = record(step, prior, argv_step, note)
-            campaign["steps"].append(rec)
-            decision = budget.decide(prior)
-            rec["estimate_s"] = decision.estimate_s
-            if step.name not in selected:
-                rec["status"], rec["reason"] = "not selected", f"steps={cfg.steps}"
-            elif step.needs_data and not real_data:
+            e = estimate(step, gpu, cfg.repeats, cfg.smoke)
+            argv_step, _ = command(step, {**ctx, "dir": for_steps(out / step.name)}, cfg.smoke)
+            decision = budget.decide(e)
+            rec.update(estimate_s=decision.estimate_s, measured_in_call=number, data=data, status="", reason="")
+            if step.needs_data and not real_data:
                 rec["status"], rec["reason"] = "skipped", NO_DATA.format(data_root=data_root)
+            elif step.needs_dali and not dali:
+                rec["status"], rec["reason"] = "skipped", NO_DALI
             elif not decision.run:
                 rec["status"], rec["reason"] = "skipped for time", decision.reason
             else:
                 rec["timeout_s"] = decision.timeout_s
-                print(f"[{i}/{len(STEPS)}] {step.name}: estimate {decision.estimate_s:.0f} s, timeout "
+                print(f"[{i}/{len(selected)}] {step.name}: estimate {decision.estimate_s:.0f} s, cap "
                       f"{decision.timeout_s:.0f} s, {budget.left_s:.0f} s left", file=sys.stderr)
                 try:
-                    budget.charge(prior, run_step(step, rec, out, argv_step, decision.timeout_s, env))
-                except KeyboardInterrupt:  # the step's processes are ended; the report says where it stopped
-                    rec["status"] = "interrupted"
-                    report.write(out, campaign, plot=None)
-                    raise
+                    budget.charge(e, run_step(step, rec, out, argv_step, decision.timeout_s, env))
+                finally:
+                    took = "" if " after " in rec["status"] else f" in {rec['elapsed_s'] or 0:.0f} s"
+                    print(f"    {rec['status']}{took} (log {out / rec['log']})", file=sys.stderr)
                 if rec["status"] != "ok":
                     failed.append(step.name)
-                print(f"    {rec['status']} in {rec['elapsed_s']:.0f} s (log {out / rec['log']})", file=sys.stderr)
             mark = time.monotonic()
             call["elapsed_s"] = time.monotonic() - started
-            report.write(out, campaign, plot=step.name if rec["elapsed_s"] is not None else None)
+            report.write(out, campaign, plot=step.name if rec["elapsed_s"] is not None else "")
+    except Stopped as e:
+        stopped = e.signum
+        for step in selected:  # what the stop left undecided
+            rec = records[step.name]
+            if not rec["status"] or rec["status"].startswith("waits for call"):
+                rec["status"], rec["reason"] = "not reached", f"the call was stopped by signal {stopped}"
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    campaign["finished"] = True
     call["elapsed_s"] = time.monotonic() - started
-    report.write(out, campaign, plot=None)
+    call["status"] = f"stopped by signal {stopped}" if stopped else "done"
+    undecided = [r for r in campaign["steps"]
+                 if r["status"] in ("", "not reached") or r["status"].startswith("waits for call")]
+    campaign["finished"] = not stopped and not undecided
+    report.write(out, campaign, plot="" if stopped else None)  # stopped: no time for plots
+    if stopped:
+        print(f"stopped by signal {stopped}: wrote {out / 'report.md'} with what the steps wrote", file=sys.stderr)
+        raise SystemExit(128 + stopped)
     print(f"wrote {out / 'report.md'} in {call['elapsed_s']:.0f} s", file=sys.stderr)
     if failed:
-        raise UserError(f"{len(failed)} step(s) failed: {', '.join(failed)}; the report lists them, the logs "
-                        f"under {out / 'logs'} say why")
+        raise UserError(f"{len(failed)} step(s) did not finish: {', '.join(failed)}; the report lists them, the "
+                        f"logs under {out / 'logs'} say why")
     return campaign

@@ -8,6 +8,7 @@ summary.json) and tolerates any of them missing or partial: a section whose step
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -19,10 +20,11 @@ ZOO_STEPS = tuple(s.name for s in STEPS if s.group == 1)
 PLOTS = {  # plot file -> the steps whose outputs it draws (redrawn when one of them finishes)
     "zoo_images_per_s.png": ZOO_STEPS,
     "ladder.png": ("ladder",),
-    "data_ratio.png": ("data",),
+    "data_ratio.png": ("data", "dali"),
     "time_to_accuracy.png": ("tta-speed94", "tta-fast-resnet18"),
 }
-STEP_COLUMNS = ["name", "group", "status", "reason", "prior_s", "estimate_s", "elapsed_s", "timeout_s", "command"]
+STEP_COLUMNS = ["name", "group", "call", "status", "reason", "measured_in_call", "data", "prior_s", "estimate_s",
+                "elapsed_s", "timeout_s", "command"]
 ZOO_COLUMNS = ["model", "mode", "batch_size", "precision", "compile", "images_per_s", "step_ms_p10", "step_ms",
                "step_ms_p90", "peak_mem_mb", "mfu", "peak_tflops", "peak_source", "latency_ms_p50",
                "latency_ms_p90", "oom_retry_from", "error"]
@@ -50,22 +52,36 @@ def _true(v) -> bool:
 # reading the steps' outputs
 
 
+def bench_data(d: Path) -> dict:
+    """A bench step's bench.json; for a step cut short before writing it, the rows its bench.csv got
+    after each measured row (values as text: the readers below take either)."""
+    data = load(d / "bench.json")
+    if data is not None:
+        return data
+    try:
+        with open(d / "bench.csv", newline="") as f:
+            return {"rows": list(csv.DictReader(f)), "partial": True}
+    except OSError:
+        return {}
+
+
 def zoo_rows(out: Path) -> tuple[list[dict], dict]:
     """Throughput rows (eager zoo, then the compiled subset) and the peaks the bench measured/looked up."""
     rows, peaks = [], {}
     for name in ZOO_STEPS:
-        data = load(out / name / "bench.json") or {}
+        data = bench_data(out / name)
         peaks.update((data.get("environment") or {}).get("peaks") or {})
         rows += [r for r in data.get("rows", []) if not r.get("rung")]
     return rows, peaks
 
 
 def ladder_rows(out: Path) -> list[dict]:
-    return [r for r in (load(out / "ladder" / "bench.json") or {}).get("rows", []) if r.get("rung")]
+    return [r for r in bench_data(out / "ladder").get("rows", []) if r.get("rung")]
 
 
 def data_rows(out: Path) -> list[dict]:
-    return (load(out / "data" / "data_bench.json") or {}).get("training", [])
+    """The data suite's training rows: torch vs synthetic (call 1), then DALI's step (call 3)."""
+    return [r for name in ("data", "dali") for r in (load(out / name / "data_bench.json") or {}).get("training", [])]
 
 
 def speed_runs(data: dict) -> tuple[dict, dict]:
@@ -103,33 +119,51 @@ def settings(out: Path, rec: dict) -> str:
 # markdown
 
 
+def _short_data(text: str | None) -> str:
+    """A call's data line, short for the steps table."""
+    if not text:
+        return "-"
+    return "random images" if text.startswith("random") else "tiny generated" if "tiny" in text else "CIFAR-10"
+
+
+def _call_row(k: int, x: dict, c: dict) -> str:
+    """One call of the campaign: its command, time, how it ended, the data it had and the code's commit."""
+    which = f" (call={x['call']})" if x.get("call") else ""
+    return (f"| call {k}{which} | `{' '.join(x['command'])}`: {x['started_utc']}, budget {x['budget_min']:.1f} min, "
+            f"used {x['elapsed_s'] / 60:.1f} min, {x.get('status', '-')}; data: {x.get('data') or c.get('data', '-')}; "
+            f"git {x.get('git_sha') or c['provenance'].get('git_sha') or '-'} |")
+
+
 def header(out: Path, c: dict) -> list[str]:
+    """Title, state, the machine and versions, every call (command, budget, time used, data, commit), what
+    was skipped for time, and the steps table: each step with the call that measured it and its data."""
     dev, prov = c["device"], c["provenance"]
     v = prov.get("versions", {})
     steps, calls = c["steps"], c.get("calls", [])
     skipped = [s for s in steps if s["status"] == "skipped for time"]
+    later = sorted({s["call"] for s in steps if s["status"].startswith("waits for call")})
+    stopped = [f"call {k}" for k, x in enumerate(calls, 1) if str(x.get("status", "")).startswith("stopped")]
     title = (f"# Campaign on {dev['name']}" if dev["gpu"] else
              f"# Campaign smoke run on {dev['name']}: CPU, not a GPU measurement")
-    state = ("finished" if c.get("finished") else
+    state = ("complete" if c.get("finished") else
+             f"PARTIAL: {', '.join(stopped)} stopped by a signal; each step says how far it got" if stopped else
+             f"PARTIAL: the steps of call {' and '.join(map(str, later))} have not run yet" if later else
              "PARTIAL: still running or cut short; the steps below say how far it got")
+    numbered = len(calls) > 1
     lines = [title, "",
-             f"Status: {state}. Every figure below comes from this one command; per-step outputs and logs are "
-             "in the step directories beside this file.", "",
+             f"Status: {state}. Every figure below comes from the command(s) listed here; per-step outputs and "
+             "logs are in the step directories beside this file.", "",
              "| | |", "|---|---|",
              f"| GPU | {dev['name']}" + (f" (x{dev['count']})" if dev.get("count", 0) > 1 else "") + " |",
              f"| driver | {dev.get('driver') or '-'} |",
              f"| versions | torch {v.get('torch', '-')}, CUDA {v.get('cuda') or '-'}, cuDNN {v.get('cudnn') or '-'}, "
              f"accelerate {v.get('accelerate', '-')}, DALI {v.get('nvidia-dali-cuda130', '-')}, "
              f"Python {v.get('python', '-')} |",
-             f"| git | {prov.get('git_sha') or '-'} |",
-             *(f"| command{f' (call {k})' if len(calls) > 1 else ''} | `{' '.join(call['command'])}` "
-               f"({call['started_utc']}, budget {call['budget_min']:g} min, used {call['elapsed_s'] / 60:.1f} min) |"
-               for k, call in enumerate(calls, 1)),
+             *(_call_row(k, x, c) for k, x in enumerate(calls, 1)),
              f"| host | {prov.get('host', '-')} |",
-             f"| budget | {sum(x['budget_min'] for x in calls):g} min; used "
-             f"{sum(x['elapsed_s'] for x in calls) / 60:.1f} min"
-             + (f" over {len(calls)} calls" if len(calls) > 1 else "") + " |",
-             f"| data | {c.get('data', '-')} |",
+             f"| time | budget {sum(x['budget_min'] for x in calls):.1f} min; used "
+             f"{sum(x['elapsed_s'] for x in calls) / 60:.1f} min" + (f" over {len(calls)} calls" if numbered else "")
+             + " |",
              "| skipped for time | " + ("; ".join(f"{s['name']} ({s['reason']})" for s in skipped) or "none") + " |",
              "", "## Steps", ""]
     body = []
@@ -138,12 +172,14 @@ def header(out: Path, c: dict) -> list[str]:
         body.append([f"{s['group']}. {s['name']}",
                      s["status"] + (f": {s['reason']}" if s["reason"] else "")
                      + (f" ({s['note']})" if s["note"] else ""),
-                     _f(s["estimate_s"]), _f(s["elapsed_s"]), settings(out, s),
+                     str(s.get("measured_in_call") or "-"), _short_data(s.get("data")),
+                     _f(s["estimate_s"]), _f(s.get("timeout_s")), _f(s["elapsed_s"]), settings(out, s),
                      (", ".join(f"[{Path(o).name}]({o})" for o in s["outputs"] if o not in s["missing"]) or "-")
                      if ran else "-",
                      f"[log]({s['log']})" if ran else "-"])
-    columns = ["step", "status", "estimate s", "measured s", "warm-up and repeats", "outputs", "log"]
-    return lines + [tables.markdown_table(columns, body, align="llrrlll")]
+    columns = ["step", "status", "call", "data", "estimate s", "cap s", "measured s", "warm-up and repeats",
+               "outputs", "log"]
+    return lines + [tables.markdown_table(columns, body, align="llrlrrrlll")]
 
 
 def mfu_line(peaks: dict) -> str:
@@ -205,7 +241,9 @@ def tta_section(out: Path) -> list[str]:
         lines += [f"Speed recipe (configs/speed94.yaml): test accuracy {format_mean_std(acc, 100, 2, '%')}; "
                   f"time {_f(t.get('median'), '.1f')} s median (range {_f(t.get('min'), '.1f')}-"
                   f"{_f(t.get('max'), '.1f')} s, "
-                  f"mean {format_mean_std(t, 1, 1, ' s')})."]
+                  f"mean {format_mean_std(t, 1, 1, ' s')})."
+                  + (f" Cut short: {rep['n']} of the {rep['n_planned']} planned runs finished."
+                     if rep.get("complete") is False else "")]
     one = load(out / "tta-fast-resnet18" / "summary.json")
     if one:
         lines += [""] * bool(lines) + [

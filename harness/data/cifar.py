@@ -11,9 +11,17 @@ right pickle keys and shapes): for re-encoded copies and the small files the tes
 
 Everything returned is host memory: images (N, 32, 32, 3) uint8 HWC, labels (N,) int64. Moving it to the
 device and augmenting it is the loaders' job (harness/data/loaders.py).
+
+A named subset of the test set (`data.test_subset`, `attach_test_subset`): a JSON file of test-image indices
+whose accuracy the run reports beside the whole test set's. By default (`auto`) the `test_exact.json`
+that `cifar10_pack.py unpack` writes beside the data: this project's packed test set has only images
+0-999 bit-exact (1000-9999 are JPEG-recovered and score about 7 points lower at the 94% level), so the
+accuracy comparable with published CIFAR-10 figures is the one on that subset.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -38,6 +46,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def first(self, n: int) -> Split:
+        """The first `n` images (all of them for n <= 0): train.eval_limit's cut."""
+        return self if n <= 0 else Split(self.images[:n], self.labels[:n])
+
 
 @dataclass
 class Dataset:
@@ -47,6 +59,8 @@ class Dataset:
     num_classes: int
     classes: list[str]
     source: str  # the directory the files came from
+    test_subset: np.ndarray | None = None  # (len(test),) bool: the test images of data.test_subset
+    test_subset_name: str = ""  # the file those indices came from
 
 
 def _torchvision_cls(dataset: str):
@@ -257,7 +271,69 @@ def select_classes(ds: Dataset, classes: list[int]) -> Dataset:
         mask = lookup[s.labels] >= 0
         return Split(s.images[mask], lookup[s.labels[mask]])
 
-    return Dataset(ds.name, keep(ds.train), keep(ds.test), len(classes), [ds.classes[c] for c in classes], ds.source)
+    subset = ds.test_subset[lookup[ds.test.labels] >= 0] if ds.test_subset is not None else None
+    return dataclasses.replace(ds, train=keep(ds.train), test=keep(ds.test), num_classes=len(classes),
+                               classes=[ds.classes[c] for c in classes], test_subset=subset)
+
+
+# ----------------------------------------------------------------------------------------------------
+# a named subset of the test set (data.test_subset)
+
+SUBSET_FILE = "test_exact.json"  # what cifar10_pack.py unpack writes beside cifar-10-batches-bin/
+
+
+def read_test_subset(path: str | os.PathLike, dataset: str, n_test: int) -> np.ndarray:
+    """The sorted test-image indices in `path`: a JSON list of integers, or an object whose "indices" hold
+    them (cifar10_pack.py's test_exact.json, whose "dataset" and "split", when given, must name `dataset`
+    and "test"). Every index in 0..n_test-1, none twice; anything else is a DataError naming the fix."""
+    path = Path(path)
+    fix = "point data.test_subset at a JSON list of test-image indices, or set data.test_subset=none"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"data.test_subset={path}: no such file; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"data.test_subset={path} cannot be read as JSON ({e}); {fix}") from None
+    if isinstance(doc, dict):
+        for key, want in (("dataset", dataset), ("split", "test")):
+            if key in doc and doc[key] != want:
+                raise DataError(f"data.test_subset={path} is for {key} {doc[key]!r}, this run's is {want!r}; {fix}")
+        doc = doc.get("indices")
+    if not isinstance(doc, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in doc):
+        raise DataError(f"data.test_subset={path} holds no list of integer indices; {fix}")
+    idx = np.asarray(doc, dtype=np.int64)
+    bad = idx[(idx < 0) | (idx >= n_test)]
+    if len(bad):
+        raise DataError(f"data.test_subset={path}: index {bad[0]} is outside the test set's 0..{n_test - 1} "
+                        f"(a file written for other data?); {fix}")
+    if len(np.unique(idx)) != len(idx):
+        raise DataError(f"data.test_subset={path} lists an index twice; {fix}")
+    return np.sort(idx)
+
+
+def attach_test_subset(ds: Dataset, setting: str, root: str | os.PathLike) -> Dataset:
+    """`ds` with its test subset (data.test_subset): `auto` reads root/test_exact.json when it exists and
+    is for this data set (cifar10_pack.py writes it for CIFAR-10; a synthetic data set has none), `none`
+    or "" reads nothing, anything else is a file that must exist and fit (`read_test_subset`)."""
+    if setting in ("", "none"):
+        return ds
+    if setting == "auto":
+        path = Path(root) / SUBSET_FILE
+        if ds.source == "synthetic" or not path.is_file():
+            return ds
+        try:
+            if json.loads(path.read_text()).get("dataset", ds.name) != ds.name:  # cifar10's file beside cifar-100
+                return ds
+        except (OSError, ValueError, AttributeError):
+            pass  # read_test_subset names what is wrong with it
+    else:
+        if ds.source == "synthetic":
+            raise DataError(f"data.test_subset={setting} names test images of the CIFAR files, and "
+                            f"data.backend=synthetic has none; set data.test_subset=none")
+        path = Path(setting)
+    mask = np.zeros(len(ds.test), dtype=bool)
+    mask[read_test_subset(path, ds.name, len(ds.test))] = True
+    return dataclasses.replace(ds, test_subset=mask, test_subset_name=str(path))
 
 
 # ----------------------------------------------------------------------------------------------------

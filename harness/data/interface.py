@@ -1,13 +1,21 @@
 """The loader interface every backend implements: the epoch plan and the `Loader` base class.
 
-Every backend yields `(images, labels)` already on the training device: images normalised, NCHW in the
-dtype the model runs in, channels_last when asked; labels int64. Evaluation batches pad the last batch
-to full size with label -1 (never counted), so every rank runs the same number of equal-shape batches
-(one compiled graph, matching DDP collectives).
+Every backend yields `(images, targets)` already on the training device: images normalised, NCHW in the
+dtype the model runs in, channels_last when asked. Targets are int64 labels, except for a training loader
+with mixup or cutmix on (`Augment.soft_targets`): then float32 (B, num_classes) soft targets, already
+mixed (lam * onehot(y_i) + (1 - lam) * onehot(y_j); one-hot in the epochs after `mix_stop_epoch`), and
+label smoothing stays the loss's job. Evaluation loaders never augment and always yield int64 labels;
+their batches pad the last batch to full size with label -1 (never counted), so every rank runs the same
+number of equal-shape batches (one compiled graph, matching DDP collectives).
 
 What a backend sees of randomness is an `EpochPlan`: the rank's sample indices and every augmentation
-parameter (crop offsets, flips, cutout centres) for one epoch. A backend only renders batch k of it, so
-the torch and DALI backends give identical batches and a loader's checkpoint state is (epoch, batch).
+parameter (crop offsets, flips, cutout centres, RandAugment ops and signs, erased rectangles, mixing
+weights, cutmix boxes, and the mixing partners' own parameters) for one epoch. A backend only renders
+batch k of it, so the torch and DALI backends give the same batches and a loader's checkpoint state is
+(epoch, batch).
+
+Order of the per-image operations, in both backends: crop, flip, RandAugment (uint8), normalise, cutout,
+random erasing, then mixup/cutmix with the partner's image rendered the same way (mix.py).
 
 World-size invariance (training). With B images per process and `world` processes, the global batch
 is G = B * world. One permutation of the data set per (seed, epoch); global batch k is positions
@@ -23,7 +31,8 @@ permutation, so every sample is seen (fewer than G twice) and every batch has on
 larger than the data is an error either way. Evaluation shards are strided (rank r takes samples r,
 r + world, ...), padded with -1: order does not matter there, only that every sample counts once.
 
-This module imports no backend; the backends import it, and `loaders.py` imports them (one way).
+This module imports no backend (only the leaf modules randaugment.py and mix.py); the backends import it,
+and `loaders.py` imports them (one way).
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from harness.data import mix, randaugment
 from harness.errors import UserError
 
 # Per-channel mean and std of the CIFAR-10 training set (the seeds' 002/004 values; 001's 0.2023 std is
@@ -55,11 +65,41 @@ class Augment:
     # every image is seen both ways in any two consecutive epochs (airbench's derandomised flip)
     flip_mode: str = "random"
     pad_mode: str = "zeros"  # zeros, or reflect: mirror the image across its border (no edge repeat)
+    mixup: float = 0.0  # Beta(a, a) of the mixing weight (0: off); mix.py
+    cutmix: float = 0.0  # Beta(a, a) of the box's weight (0: off)
+    mix_switch_prob: float = 0.5  # both on: cutmix for this fraction of the images, mixup for the rest
+    mix_stop_epoch: int = 0  # no mixing from this epoch on (0-based; 0: never stop)
+    randaugment: str = ""  # rand-mM-nN (randaugment.py; "": off)
+    random_erasing: float = 0.0  # probability that an image gets one erased rectangle (0: off)
 
     def __post_init__(self):
         if self.flip_mode not in FLIP_MODES or self.pad_mode not in PAD_MODES:
             raise UserError(f"data.flip_mode={self.flip_mode!r}, data.pad_mode={self.pad_mode!r}: "
                             f"flip_mode is one of {FLIP_MODES}, pad_mode one of {PAD_MODES}")
+        for key, value in (("mixup", self.mixup), ("cutmix", self.cutmix)):
+            if value < 0:
+                raise UserError(f"data.{key}={value}: the Beta distribution's alpha is positive (0: off), "
+                                f"e.g. data.{key}={0.8 if key == 'mixup' else 1.0}")
+        for key, value, example in (("mix_switch_prob", self.mix_switch_prob, 0.5),
+                                    ("random_erasing", self.random_erasing, 0.25)):
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"data.{key}={value}: a probability in [0, 1], e.g. data.{key}={example}")
+        if self.mix_stop_epoch < 0:
+            raise UserError(f"data.mix_stop_epoch={self.mix_stop_epoch}: an epoch, at least 0 (0: never stop)")
+        randaugment.parse(self.randaugment)  # a malformed policy fails here, at construction
+
+    @property
+    def policy(self) -> randaugment.Policy | None:
+        return randaugment.parse(self.randaugment)
+
+    @property
+    def soft_targets(self) -> bool:
+        """A training loader with this augmentation yields soft targets (mixup or cutmix configured)."""
+        return self.enabled and (self.mixup > 0 or self.cutmix > 0)
+
+    def mixes(self, epoch: int) -> bool:
+        """Whether images are mixed in `epoch` (mix_stop_epoch: timm's mixup_off_epoch)."""
+        return self.soft_targets and (self.mix_stop_epoch == 0 or epoch < self.mix_stop_epoch)
 
 
 @dataclass
@@ -70,20 +110,56 @@ class EpochPlan:
     flip: torch.Tensor  # (n,) bool
     cy: torch.Tensor  # (n,) cutout centre row in 0..31
     cx: torch.Tensor
+    ops: torch.Tensor | None = None  # (n, N) int64 RandAugment op indices into randaugment.OPS
+    negate: torch.Tensor | None = None  # (n, N) bool: the op's magnitude is negated
+    erase: torch.Tensor | None = None  # (n, 4) int64 erased rectangle top, left, height, width (0 x 0: none)
+    lam: torch.Tensor | None = None  # (n,) float32 the image's own weight in the mix (None: no mixing)
+    cut: torch.Tensor | None = None  # (n,) bool: cutmix (else mixup)
+    box: torch.Tensor | None = None  # (n, 4) int64 cutmix box y0, y1, x0, x1 (empty for mixup)
+    partner: EpochPlan | None = None  # the rendering parameters of each position's mixing partner
+
+    # what renders one image (the partner carries these, not the mixing fields)
+    RENDER = ("indices", "dy", "dx", "flip", "cy", "cx", "ops", "negate", "erase")
 
 
-def _generator(*key: int) -> torch.Generator:
-    g = torch.Generator()
+def _key_seed(*key: int) -> int:
     # a fixed mix of the key into one 63-bit seed: different keys never collide in practice
     seed = 0
     for k in key:
         seed = (seed * 1_000_003 + int(k) + 0x9E3779B9) % (2**63 - 1)
-    g.manual_seed(seed)
+    return seed
+
+
+def _generator(*key: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(_key_seed(*key))
     return g
 
 
-# stream names in the generator key: order, augmentation, the alternate flip's epoch-0 coins
-_ORDER, _AUGMENT, _FLIP0 = 0, 1, 2
+# stream names in the generator key: order, augmentation, the alternate flip's epoch-0 coins, and one
+# stream per option added later, so that turning an option on leaves every other draw as it was
+_ORDER, _AUGMENT, _FLIP0, _RANDAUGMENT, _ERASE, _MIX = 0, 1, 2, 3, 4, 5
+
+# torchvision's RandomErasing defaults: area fraction, aspect ratio range, tries before giving up
+ERASE_SCALE, ERASE_RATIO, ERASE_TRIES = (0.02, 0.33), (0.3, 3.3), 10
+
+
+def draw_erasing(g: torch.Generator, length: int, p: float, size: int = 32) -> torch.Tensor:
+    """Per position, torchvision's `RandomErasing.get_params` (value 0, after normalisation): with
+    probability p a rectangle of area fraction U(0.02, 0.33) and log-uniform aspect ratio in (0.3, 3.3),
+    the first of 10 tries that fits inside the image, at a uniform position; (top, left, height, width),
+    all 0 where nothing is erased (the coin, or no try fits)."""
+    coin = torch.rand(length, generator=g) < p
+    area = size * size * torch.empty(length, ERASE_TRIES).uniform_(*ERASE_SCALE, generator=g)
+    aspect = torch.exp(torch.empty(length, ERASE_TRIES).uniform_(*map(math.log, ERASE_RATIO), generator=g))
+    h, w = torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+    fits = (h < size) & (w < size)
+    first = fits.int().argmax(1, keepdim=True)  # the first try that fits
+    on = coin & fits.any(1)
+    h, w = (torch.where(on, t.gather(1, first)[:, 0], 0) for t in (h, w))
+    u = torch.rand(length, 2, generator=g)
+    top, left = (u[:, 0] * (size - h + 1)).long(), (u[:, 1] * (size - w + 1)).long()
+    return torch.stack([top, left, h, w], 1)
 
 
 def global_order(n: int, global_batch: int, *, seed: int, epoch: int, drop_last: bool) -> torch.Tensor:
@@ -140,11 +216,27 @@ def make_plan(n: int, batch_size: int, rank: int, world: int, *, seed: int, epoc
         dy = dx = torch.full((positions,), augment.padding, dtype=torch.int64)
         flip = torch.zeros(positions, dtype=torch.bool)
         cy = cx = torch.zeros(positions, dtype=torch.int64)
+    whole = EpochPlan(order, dy, dx, flip, cy, cx)
+    length = 2 * n  # the fixed draw length, as above
+    if augment.enabled and augment.policy:
+        ops, negate = randaugment.draw(_generator(seed, epoch, _RANDAUGMENT), length, augment.policy.num_ops)
+        whole.ops, whole.negate = ops[:positions], negate[:positions]
+    if augment.enabled and augment.random_erasing > 0:
+        whole.erase = draw_erasing(_generator(seed, epoch, _ERASE), length, augment.random_erasing)[:positions]
 
     def mine(t: torch.Tensor) -> torch.Tensor:  # rank r's slice of every global batch, in batch order
-        return t.view(-1, world, batch_size)[:, rank].reshape(-1)
+        return t.view(-1, world, batch_size, *t.shape[1:])[:, rank].reshape(-1, *t.shape[1:])
 
-    return EpochPlan(*(mine(t) for t in (order, dy, dx, flip, cy, cx)))
+    plan = EpochPlan(*(None if t is None else mine(t) for t in (getattr(whole, f) for f in EpochPlan.RENDER)))
+    if augment.mixes(epoch):
+        rng = np.random.default_rng(_key_seed(seed, epoch, _MIX))
+        lam, cut, box = mix.draw(rng, length, mixup=augment.mixup, cutmix=augment.cutmix,
+                                 switch_prob=augment.mix_switch_prob)
+        plan.lam, plan.cut, plan.box = (mine(t[:positions]) for t in (lam, cut, box))
+        partner = mix.partner_positions(positions, G)
+        plan.partner = EpochPlan(*(None if t is None else mine(t[partner])
+                                   for t in (getattr(whole, f) for f in EpochPlan.RENDER)))
+    return plan
 
 
 def pad_images(images: np.ndarray, padding: int, mode: str) -> torch.Tensor:
@@ -159,7 +251,7 @@ def pad_images(images: np.ndarray, padding: int, mode: str) -> torch.Tensor:
 
 
 def normalise(images_nhwc: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 NHWC images -> NCHW in `dtype`, normalised exactly as `Loader.finish` does it (on the images'
+    """uint8 NHWC images -> NCHW in `dtype`, normalised exactly as `Loader.normalised` does it (on the images'
     device), for code that feeds a model outside a loader (inspection, the whitening statistics)."""
     x = torch.as_tensor(np.asarray(images_nhwc) if isinstance(images_nhwc, np.ndarray) else images_nhwc)
     mean = torch.tensor(CIFAR_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1) * 255
@@ -175,15 +267,16 @@ def batch_labels(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class Loader:
     """Shared bookkeeping of every backend: plan per epoch, len, resumable position.
 
-    Backends implement `_batch(k) -> (images, labels)` for batch `k` of the current plan, or override
-    `_render(ks)` when they work ahead.
+    Backends implement `_batch(k) -> (images, targets)` for batch `k` of the current plan, or override
+    `_render(ks)` when they work ahead; they render uint8 images, hand them to `normalised` (or do the
+    same on their own device) and the result to `deliver`, which mixes and casts.
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1,
                  seed: int = 0, drop_last: bool = True, augment: Augment | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 channels_last: bool = True):
-        self.n, self.batch_size, self.train = num_samples, batch_size, train
+                 channels_last: bool = True, num_classes: int = 10):
+        self.n, self.batch_size, self.train, self.num_classes = num_samples, batch_size, train, num_classes
         self.rank, self.world, self.seed, self.drop_last = rank, world, seed, drop_last
         off = Augment(enabled=False, padding=augment.padding if augment else 4)
         self.augment = augment if (augment and train) else off
@@ -192,6 +285,8 @@ class Loader:
         self._position: int | None = None  # batches handed out by the pass in progress (None: no pass)
         self._plan: EpochPlan | None = None
         self._plan_epoch = -1
+        self._dev_plan: dict = {}
+        self._dev_plan_key: EpochPlan | None = None
         self.mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1) * 255
         self.plan()  # fail early: a batch larger than the data is an error now, not an empty epoch
@@ -250,19 +345,67 @@ class Loader:
     def batch_slice(self, k: int) -> slice:
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
-    def finish(self, nhwc_uint8: torch.Tensor, cy: torch.Tensor | None = None,
-               cx: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 NHWC batch -> normalised NCHW in the model's dtype and memory format (+ cutout)."""
-        x = nhwc_uint8.permute(0, 3, 1, 2)  # a view: NCHW shape with channels_last strides
+    def device_plan(self) -> dict:
+        """The current plan's tensors on the device, copied once per epoch: {field: tensor} for the rank's
+        own positions, and under 'partner' the same for their mixing partners (when the epoch mixes)."""
+        plan = self.plan()
+        if self._dev_plan_key is not plan:
+            def to_device(p: EpochPlan) -> dict:
+                return {f: getattr(p, f).to(self.device, non_blocking=True) for f in
+                        ("indices", "dy", "dx", "flip", "cy", "cx", "erase", "lam", "cut", "box")
+                        if getattr(p, f) is not None}
+
+            self._dev_plan = to_device(plan)
+            if plan.partner is not None:
+                self._dev_plan["partner"] = to_device(plan.partner)
+            self._dev_plan_key = plan
+        return self._dev_plan
+
+    @property
+    def own_partners(self) -> bool:
+        """The rank's partners are its own images, reversed (mix.py: position i <-> G - 1 - i): true on
+        one process, and on the middle rank of an odd number. Other ranks render their partners."""
+        return self.world - 1 - self.rank == self.rank
+
+    def normalised(self, x: torch.Tensor, rows: dict | None = None) -> torch.Tensor:
+        """uint8 NCHW batch (any strides) -> normalised float32, then cutout and random erasing as the
+        batch's plan `rows` say (fill 0: the mean image)."""
         x = (x.float() - self.mean) / self.std
         c = self.augment.cutout
-        if self.augment.enabled and c > 0 and cy is not None:
-            ar = torch.arange(32, device=x.device)[None, :]
-            top, left = (cy - c // 2)[:, None], (cx - c // 2)[:, None]  # the square may overhang the edge
-            hole = ((ar >= top) & (ar < top + c))[:, :, None] & ((ar >= left) & (ar < left + c))[:, None, :]
+        holes = []
+        if self.augment.enabled and c > 0 and rows is not None:  # the square may overhang the edge
+            holes.append((rows["cy"] - c // 2, rows["cx"] - c // 2, torch.full_like(rows["cy"], c),
+                          torch.full_like(rows["cx"], c)))
+        if rows is not None and "erase" in rows:
+            holes.append(rows["erase"].unbind(1))
+        ar = torch.arange(x.shape[-1], device=x.device)[None, :]
+        for top, left, h, w in holes:
+            top, left, h, w = top[:, None], left[:, None], h[:, None], w[:, None]
+            hole = ((ar >= top) & (ar < top + h))[:, :, None] & ((ar >= left) & (ar < left + w))[:, None, :]
             x = x.masked_fill(hole[:, None], 0.0)
-        x = x.to(self.dtype)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return x
+
+    def deliver(self, x: torch.Tensor, labels: torch.Tensor, k: int,
+                partner: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 NCHW batch k and its labels -> what the loader yields: mixed with the partners' images
+        and labels (`partner`; None when the rank's own, reversed) when the epoch mixes, soft targets
+        when mixing is configured, in the model's dtype and memory format."""
+        if self.augment.soft_targets:
+            rows = self.device_plan()
+            if "lam" in rows:
+                s = self.batch_slice(k)
+                other, other_labels = partner if partner is not None else (x.flip(0), labels.flip(0))
+                lam = rows["lam"][s]
+                x = mix.mix_images(x, other, lam, rows["cut"][s], rows["box"][s])
+                labels = mix.mix_targets(labels, other_labels, lam, self.num_classes)
+            else:  # mixing has stopped (mix_stop_epoch): the same soft targets, one-hot
+                labels = mix.one_hot(labels, self.num_classes)
+        return self.cast(x), labels
+
+    def cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the model's dtype and memory format."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(self.dtype).contiguous(memory_format=fmt)
 
     def _batch(self, k: int):
         raise NotImplementedError

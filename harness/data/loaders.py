@@ -50,8 +50,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def build_loader(backend: str, images: np.ndarray | None, labels: np.ndarray | None, batch_size: int, *,
                  num_classes: int = 10, synthetic_size: int = 50000, prefetch: int = 2, **kw) -> Loader:
     """A loader of `backend` (already resolved: torch, dali or synthetic) over one split; `batch_size`
-    is per process. Keyword arguments: see `Loader` (train, rank, world, seed, drop_last, augment,
-    device, dtype, channels_last)."""
+    is per process; `num_classes` sizes the soft targets (mixup/cutmix) and the synthetic labels. Keyword
+    arguments: see `Loader` (train, rank, world, seed, drop_last, augment, device, dtype, channels_last)."""
     if backend == "synthetic":
         from harness.data.synthetic import SyntheticLoader
 
@@ -59,9 +59,9 @@ def build_loader(backend: str, images: np.ndarray | None, labels: np.ndarray | N
     if backend == "dali":
         from harness.data.dali import DaliLoader
 
-        return DaliLoader(images, labels, batch_size, prefetch=prefetch, **kw)
+        return DaliLoader(images, labels, batch_size, prefetch=prefetch, num_classes=num_classes, **kw)
     if backend == "torch":
         from harness.data.torch_loader import TorchLoader
 
-        return TorchLoader(images, labels, batch_size, **kw)
+        return TorchLoader(images, labels, batch_size, num_classes=num_classes, **kw)
     raise UserError(f"data.backend={backend!r}: use torch, dali or synthetic (auto is resolved first)")

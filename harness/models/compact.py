@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import kaiming_init_
+from .layers import depth_rates, kaiming_init_
 from .registry import register_model
 from .resnet import BasicBlock
 
@@ -26,15 +26,16 @@ class CompactResNet(nn.Module):
     """3x3 stem, three BasicBlock stages (the last two halve the resolution), average pool, linear head."""
 
     def __init__(self, num_classes: int = 10, *, widths: Sequence[int] = (32, 64, 128),
-                 blocks: Sequence[int] = (2, 2, 2)) -> None:
+                 blocks: Sequence[int] = (2, 2, 2), drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages, in_planes = [], widths[0]
+        rates = iter(depth_rates(drop_path, sum(blocks)))  # stochastic depth, as in resnet.py
         for i, (width, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[BasicBlock(in_planes if j == 0 else width, width, stride if j == 0 else 1)
-                                          for j in range(n)]))
+            stages.append(nn.Sequential(*[BasicBlock(in_planes if j == 0 else width, width, stride if j == 0 else 1,
+                                                     drop_path=next(rates)) for j in range(n)]))
             in_planes = width
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(widths[-1], num_classes)
@@ -46,6 +47,6 @@ class CompactResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model(source="004 mini-project 1 (< 1M parameters, 85%+), from 004's ResNet BasicBlock")
+@register_model(source="004 mini-project 1 (< 1M parameters, 85%+), from 004's ResNet BasicBlock", drop_path=True)
 def compact_resnet(num_classes: int = 10, **kw) -> nn.Module:
     return CompactResNet(num_classes=num_classes, **kw)

@@ -1,6 +1,10 @@
 """DenseNet-BC for 32x32 input from 002's DenseLayer/DenseBlock, in the standard CIFAR layout
 (Kuang Liu's pytorch-cifar DenseNet121): 3x3 stem conv to 2*growth channels, no stem pooling,
-transitions halving channels and resolution (32->16->8->4), BN-ReLU, global pool, linear."""
+transitions halving channels and resolution (32->16->8->4), BN-ReLU, global pool, linear.
+
+Stochastic depth (`drop_path`, off by default) drops a dense layer's new feature maps (the block's input
+and earlier features always pass), at a rate rising linearly over the layers from 0 to `drop_path` at
+the last (`layers.depth_rates`), as Huang et al. drop a layer of a DenseNet."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import kaiming_init_
+from .layers import depth_rates, kaiming_init_, stochastic_depth
 from .registry import register_model
 
 
@@ -19,25 +23,28 @@ class DenseLayer(nn.Module):
     """002 DenseLayer: BN-ReLU-1x1 conv (bn_size * growth) -> BN-ReLU-3x3 conv (growth).
     Returns only the new feature maps; the block concatenates."""
 
-    def __init__(self, in_channels: int, growth_rate: int, bn_size: int = 4) -> None:
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int = 4, drop_path: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+        self.drop_path = stochastic_depth(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(F.relu(self.bn1(x)))
-        return self.conv2(F.relu(self.bn2(out)))
+        return self.drop_path(self.conv2(F.relu(self.bn2(out))))
 
 
 class DenseBlock(nn.Module):
     """002 DenseBlock: each layer sees the concatenation of the input and all earlier outputs."""
 
-    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int = 4) -> None:
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int = 4,
+                 drop_path: Sequence[float] = ()) -> None:
         super().__init__()
+        rates = list(drop_path) or [0.0] * num_layers  # per layer
         self.layers = nn.ModuleList(
-            DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size) for i in range(num_layers)
+            DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size, rates[i]) for i in range(num_layers)
         )
         self.out_channels = in_channels + num_layers * growth_rate
 
@@ -69,13 +76,16 @@ class DenseNet(nn.Module):
         growth_rate: int = 32,
         bn_size: int = 4,
         reduction: float = 0.5,
+        drop_path: float = 0.0,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
         channels = 2 * growth_rate
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)]
+        rates = depth_rates(drop_path, sum(block_config))
         for i, num_layers in enumerate(block_config):
-            dense = DenseBlock(num_layers, channels, growth_rate, bn_size)
+            first = sum(block_config[:i])
+            dense = DenseBlock(num_layers, channels, growth_rate, bn_size, rates[first:first + num_layers])
             layers.append(dense)
             channels = dense.out_channels
             if i != len(block_config) - 1:
@@ -93,6 +103,6 @@ class DenseNet(nn.Module):
         return self.fc(x)
 
 
-@register_model(source="002 DenseLayer in standard CIFAR DenseNet-121 layout")
+@register_model(source="002 DenseLayer in standard CIFAR DenseNet-121 layout", drop_path=True)
 def densenet121(num_classes: int = 10, **kw) -> nn.Module:
     return DenseNet([6, 12, 24, 16], num_classes, growth_rate=32, bn_size=4, reduction=0.5, **kw)

@@ -1,5 +1,6 @@
 """Building blocks shared by several model families: conv-BN-act, squeeze-excite, depthwise
-separable conv, MBConv, stochastic depth, channels-first LayerNorm, and the seed's Kaiming init.
+separable conv, MBConv, stochastic depth (torchvision's, with the linear depth rule), channels-first
+LayerNorm, and the seed's Kaiming init.
 
 Every block keeps the seed's layer order and bias choices, because the model tests pin each
 network's parameter count to the seed's own class. Forward passes avoid `.view` and data-dependent
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 Act = Callable[[], nn.Module]
 
@@ -71,23 +73,18 @@ class DepthwiseSeparableConv(nn.Sequential):
         )
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample while training."""
+def stochastic_depth(p: float) -> nn.Module:
+    """Stochastic depth (Huang et al. 2016) on a residual branch: torchvision's `StochasticDepth` in
+    "row" mode, which zeroes the branch of each sample with probability p while training and scales the
+    kept ones by 1 / (1 - p); identity in eval. At p = 0 an `nn.Identity`, so a model built without
+    stochastic depth has the forward (and the module tree) it had before."""
+    return StochasticDepth(p, "row") if p > 0 else nn.Identity()
 
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # `self.training` and `self.p` are constants to dynamo, so this branch does not break graphs.
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+def depth_rates(rate: float, blocks: int) -> list[float]:
+    """Each droppable block's drop probability, rising linearly with depth from 0 at the first block to
+    `rate` at the last (ConvNeXt's `linspace(0, drop_path_rate, depth)`, in Python floats)."""
+    return [rate * i / max(blocks - 1, 1) for i in range(blocks)]
 
 
 class MBConv(nn.Module):
@@ -125,7 +122,7 @@ class MBConv(nn.Module):
         squeeze = max(1, (in_channels if se_on_input else hidden) // se_ratio)
         self.se = SqueezeExcite(hidden, squeeze, act=se_act, bias=se_bias)
         self.project = ConvBnAct(hidden, out_channels, 1, act=None)
-        self.drop_path = DropPath(drop_path) if self.use_residual else nn.Identity()
+        self.drop_path = stochastic_depth(drop_path) if self.use_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.conv(x)))

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .layers import Act, ConvBnAct, DepthwiseSeparableConv, MBConv, kaiming_init_
+from .layers import Act, ConvBnAct, DepthwiseSeparableConv, MBConv, depth_rates, kaiming_init_
 from .registry import register_model
 
 # (expansion, out_channels, num_blocks, first_stride, kernel_size) per stage
@@ -45,8 +45,8 @@ class MobileNetV1(nn.Module):
 class MBConvNet(nn.Module):
     """Stem conv, MBConv stages from `stages`, 1x1 conv to `head_channels`, global pool,
     dropout, linear. `block` builds one MBConv (in, out, expansion, stride, kernel_size=,
-    drop_path=); stochastic depth grows linearly to `drop_path_rate` over the blocks, as in
-    torchvision's EfficientNet."""
+    drop_path=); stochastic depth grows linearly over the blocks with a residual (the others cannot
+    drop their branch) from 0 to `drop_path` at the last of them (`layers.depth_rates`)."""
 
     def __init__(
         self,
@@ -59,20 +59,22 @@ class MBConvNet(nn.Module):
         stem_stride: int = 1,
         head_channels: int = 1280,
         dropout: float = 0.2,
-        drop_path_rate: float = 0.0,
+        drop_path: float = 0.0,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.stem = ConvBnAct(in_channels, stem_channels, 3, stem_stride, act=act)
-        total = sum(n for _, _, n, _, _ in stages)
-        blocks: list[nn.Module] = []
-        channels, idx = stem_channels, 0
+        specs = []  # (in, out, expansion, stride, kernel) per block
+        channels = stem_channels
         for expansion, out_channels, num_blocks, stride, kernel_size in stages:
             for i in range(num_blocks):
-                blocks.append(block(channels, out_channels, expansion, stride if i == 0 else 1,
-                                    kernel_size=kernel_size, drop_path=drop_path_rate * idx / total))
-                channels, idx = out_channels, idx + 1
-        self.blocks = nn.Sequential(*blocks)
+                specs.append((channels, out_channels, expansion, stride if i == 0 else 1, kernel_size))
+                channels = out_channels
+        residual = [s == 1 and c_in == c_out for c_in, c_out, _, s, _ in specs]
+        rates = iter(depth_rates(drop_path, sum(residual)))
+        self.blocks = nn.Sequential(*(
+            block(c_in, c_out, expansion, s, kernel_size=k, drop_path=next(rates) if res else 0.0)
+            for (c_in, c_out, expansion, s, k), res in zip(specs, residual)))
         self.head = ConvBnAct(channels, head_channels, 1, act=act)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -90,7 +92,7 @@ def mobilenet_v1(num_classes: int = 10, **kw) -> nn.Module:
     return MobileNetV1(num_classes, **kw)
 
 
-@register_model(source="002 MBConv in MobileNetV2 (CIFAR) layout")
+@register_model(source="002 MBConv in MobileNetV2 (CIFAR) layout", drop_path=True)
 def mobilenet_v2(num_classes: int = 10, **kw) -> nn.Module:
     # The MobileNetV2 paper's table with the seed's MBConv (ReLU6, SE on the expanded width).
     stages = [(1, 16, 1, 1, 3), (6, 24, 2, 1, 3), (6, 32, 3, 2, 3), (6, 64, 4, 2, 3),

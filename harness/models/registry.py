@@ -2,7 +2,9 @@
 (parameter count, forward FLOPs, seed source).
 
 A factory is a plain function `def name(num_classes: int = 10, **kw) -> nn.Module` decorated with
-`@register_model(source="...")`; its function name is the registry name.
+`@register_model(source="...")`; its function name is the registry name. A factory registered with
+`drop_path=True` takes `drop_path` (stochastic depth, `layers.stochastic_depth`); `create_model` passes
+it there and refuses a positive rate for any other model, naming the ones that have it.
 
 Two more kinds of name reach models that live outside this package, with no edit here (train, bench and
 sweeps all build through `create_model`):
@@ -45,13 +47,15 @@ class _Entry:
     factory: Factory
     source: str
     external: bool = False  # a user or timm model: every model it builds is checked
+    drop_path: bool = False  # the factory takes drop_path= (stochastic depth)
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(fn: Factory | None = None, *, source: str) -> Any:
-    """Register `fn` under its function name; `source` names the seed it was rebuilt from.
+def register_model(fn: Factory | None = None, *, source: str, drop_path: bool = False) -> Any:
+    """Register `fn` under its function name; `source` names the seed it was rebuilt from; `drop_path`:
+    the factory takes a stochastic depth rate `drop_path=`.
 
     Usable as `@register_model(source="001 ResNet18")` or `register_model(fn, source=...)`.
     """
@@ -63,7 +67,7 @@ def register_model(fn: Factory | None = None, *, source: str) -> Any:
         if name in _REGISTRY and _REGISTRY[name].factory is not f:
             raise ValueError(f"model {name!r} is already registered "
                              f"(by {_REGISTRY[name].factory.__module__})")
-        _REGISTRY[name] = _Entry(f, source)
+        _REGISTRY[name] = _Entry(f, source, drop_path=drop_path)
         return f
 
     return decorate(fn) if fn is not None else decorate
@@ -75,6 +79,11 @@ def list_models(pattern: str | None = None) -> list[str]:
     if pattern is None:
         return names
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def drop_path_models() -> list[str]:
+    """Sorted names of the models that take a stochastic depth rate (`create_model(..., drop_path=)`)."""
+    return [name for name, entry in sorted(_REGISTRY.items()) if entry.drop_path]
 
 
 def _entry(name: str) -> _Entry:
@@ -91,9 +100,19 @@ def _entry(name: str) -> _Entry:
         ) from None
 
 
-def create_model(name: str, num_classes: int = 10, **kw: Any) -> nn.Module:
-    """Build a fresh, randomly initialised model by registry name, `module:callable` or `timm/<name>`."""
+def create_model(name: str, num_classes: int = 10, drop_path: float | None = None, **kw: Any) -> nn.Module:
+    """Build a fresh, randomly initialised model by registry name, `module:callable` or `timm/<name>`.
+    `drop_path`: the stochastic depth rate at the last block (None: the model's own default, which is
+    off except efficientnet_b0's 0.2); only for the models registered with it, and a rate in [0, 1)."""
     entry = _entry(name)
+    if drop_path is not None:
+        if not 0.0 <= drop_path < 1.0:
+            raise UserError(f"model.drop_path={drop_path}: a drop rate in [0, 1), e.g. 0.1 (0: off)")
+        if entry.drop_path:
+            kw["drop_path"] = drop_path
+        elif drop_path > 0:
+            raise UserError(f"model.drop_path={drop_path}: {name} has no stochastic depth (the models that have "
+                            f"it: {', '.join(drop_path_models())}); leave model.drop_path unset for {name}")
     model = entry.factory(num_classes=num_classes, **kw)
     if entry.external:
         check_model(model, name, num_classes)

@@ -4,6 +4,10 @@ basic, bottleneck, squeeze-excite and plain (no-skip) blocks.
 Attribute names follow the seeds (conv1/bn1/layer1..4/fc, blocks' conv1/bn1/.../shortcut), so a
 state_dict saved from 001/002's ResNet18/34/50 or 001's PlainNet loads into resnet18/34/50 and
 plainnet18/34 unchanged.
+
+Stochastic depth (`drop_path`, off by default) drops a block's residual branch, keeping its shortcut, at
+a rate rising linearly from 0 at the first block to `drop_path` at the last (`layers.depth_rates`). The
+plain networks have none: without a shortcut a dropped block would drop the signal itself.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SqueezeExcite, kaiming_init_
+from .layers import SqueezeExcite, depth_rates, kaiming_init_, stochastic_depth
 from .registry import register_model
 
 
@@ -33,18 +37,19 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _projection(in_planes, planes, stride)
+        self.drop_path = stochastic_depth(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -52,7 +57,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
@@ -62,12 +67,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = _projection(in_planes, out_planes, stride)
+        self.drop_path = stochastic_depth(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class SEBasicBlock(nn.Module):
@@ -75,7 +81,8 @@ class SEBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, reduction: int = 16) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0,
+                 reduction: int = 16) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -83,11 +90,12 @@ class SEBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.se = SqueezeExcite(planes, planes // reduction)
         self.shortcut = _projection(in_planes, planes, stride)
+        self.drop_path = stochastic_depth(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.se(self.bn2(self.conv2(out)))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class PlainBlock(nn.Module):
@@ -95,8 +103,10 @@ class PlainBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
+        if drop_path:
+            raise ValueError("a plain block has no shortcut: stochastic depth would drop the signal itself")
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
@@ -123,25 +133,27 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         stem_bias: bool = False,
         dropout: float = 0.0,
+        drop_path: float = 0.0,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=stem_bias)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.layer1 = self._make_layer(block, widths[0], layers[0], stride=1)
-        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        rates = iter(depth_rates(drop_path, sum(layers)))
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1, rates)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, rates)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, rates)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, rates)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
         kaiming_init_(self)
 
-    def _make_layer(self, block: Block, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(self, block: Block, planes: int, num_blocks: int, stride: int, rates) -> nn.Sequential:
         blocks = []
         for s in [stride] + [1] * (num_blocks - 1):
-            blocks.append(block(self.in_planes, planes, s))
+            blocks.append(block(self.in_planes, planes, s, drop_path=next(rates)))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*blocks)
 
@@ -152,17 +164,17 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register_model(source="001 ResNet18 / 002 ResNet18")
+@register_model(source="001 ResNet18 / 002 ResNet18", drop_path=True)
 def resnet18(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, **kw)
 
 
-@register_model(source="001 ResNet34 / 002 ResNet34")
+@register_model(source="001 ResNet34 / 002 ResNet34", drop_path=True)
 def resnet34(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes, **kw)
 
 
-@register_model(source="001 ResNet50 / 002 ResNet50")
+@register_model(source="001 ResNet50 / 002 ResNet50", drop_path=True)
 def resnet50(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, **kw)
 
@@ -177,12 +189,12 @@ def plainnet34(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet(PlainBlock, [3, 4, 6, 3], num_classes=num_classes, **kw)
 
 
-@register_model(source="002 SEBasicBlock in 002 ResNet18")
+@register_model(source="002 SEBasicBlock in 002 ResNet18", drop_path=True)
 def se_resnet18(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet(SEBasicBlock, [2, 2, 2, 2], num_classes=num_classes, **kw)
 
 
-@register_model(source="003 ModernCNN")
+@register_model(source="003 ModernCNN", drop_path=True)
 def modern_cnn(num_classes: int = 10, **kw) -> nn.Module:
     # 003's ModernCNN is a ResNet with one block in the first stage, a biased stem conv and
     # dropout 0.5 before the classifier.

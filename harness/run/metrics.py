@@ -31,9 +31,11 @@ STEP_KEYS = {"step": "train/global_step", "epoch": "train/epoch", "loss": "train
              "images_per_s_per_device": "perf/images_per_s_per_device", "step_ms": "perf/step_ms",
              "data_ms": "perf/data_ms", "peak_mem_mb": "perf/peak_mem_mb", "time_s": "perf/time_s"}
 EPOCH_KEYS = {"epoch": "train/epoch", "step": "train/global_step", "train_loss": "train/epoch_loss",
-              "train_acc": "train/epoch_acc", "test_acc": "test/acc", "test_loss": "test/loss", "lr": "train/lr",
-              "epoch_s": "perf/epoch_s", "images_per_s": "perf/epoch_images_per_s", "train_s": "perf/train_s",
-              "val_acc": "val/acc", "val_loss": "val/loss"}  # val_*: only with a validation split
+              "train_acc": "train/epoch_acc", "test_acc": "test/acc", "test_loss": "test/loss",
+              "test_top5": "test/top5", "lr": "train/lr", "epoch_s": "perf/epoch_s",
+              "images_per_s": "perf/epoch_images_per_s", "train_s": "perf/train_s",
+              "val_acc": "val/acc", "val_loss": "val/loss", "val_top5": "val/top5",  # val_*: with a validation split
+              "test_subset_acc": "test/subset_acc"}  # with data.test_subset
 WANDB_KEYS = {"step": STEP_KEYS, "epoch": EPOCH_KEYS}
 # a segment row's keys (never sent to W&B): its number (0 for the first start), the optimiser step it starts
 # from, the checkpoint it resumed (None: a fresh start), its W&B run id (None: tracking off), its UTC time
@@ -42,12 +44,17 @@ SEGMENT_KEYS = ("kind", "segment", "step", "resumed_from", "wandb_id", "started_
 # summary.json's keys, in order; the W&B run summary holds every one of them under the same name
 SUMMARY_KEYS = (
     "model", "dataset", "params", "gflops",
-    "test_acc", "test_images", "val_acc",  # the last evaluation
+    "test_acc", "test_images", "test_top5", "val_acc", "val_top5",  # the last evaluation (top-5: > 5 classes)
+    # the last evaluation on data.test_subset's images (a subset of the test set): its file, size, accuracy
+    # and that accuracy's 95% Wilson interval (harness.stats.proportion_interval); None without one
+    "test_subset", "test_subset_images", "test_subset_acc", "test_subset_ci95_low", "test_subset_ci95_high",
+    "eval_limit",  # train.eval_limit: only the first N test and validation images were evaluated (None: all)
     "best_val_acc", "best_val_epoch", "test_acc_at_best_val",  # model selection on validation, never on test
     "per_class_test_acc",
     "wall_s",  # the first training step to the end of the last evaluation
     "train_s",  # the epochs' clocks
-    "time_s",  # training alone: whitening + epochs (evaluation and the compile warm-up run left out)
+    "time_s",  # training alone: whitening (on the device) + epochs (evaluation and the compile warm-up run left out)
+    "time_s_with_final_eval",  # time_s + the final evaluation of the test set, TTA and all (airbench's clock)
     "warmup_run",
     "train_images_per_s", "train_images_per_s_per_device",  # `throughput`
     "world_size", "epochs", "steps", "global_batch", "target_acc", "time_to_target_s",
@@ -62,7 +69,7 @@ SUMMARY_KEYS = (
 # is train_images_per_s, not an aggregate of the step rows.
 WANDB_SUMMARIES = {"val/acc": "max,last", "val/loss": "min,last", "train/loss": "min,last",
                    "train/epoch_loss": "min,last", "train/epoch_acc": "max,last", "test/acc": "last",
-                   "test/loss": "last"}
+                   "test/loss": "last", "val/top5": "max,last", "test/top5": "last", "test/subset_acc": "last"}
 
 
 def median(values: Iterable[float]) -> float | None:
@@ -151,10 +158,12 @@ def epoch_row(epoch: int, step: int, train_loss: float, train_acc: float | None,
     'val' when there is a validation split)."""
     val, test = results.get("val"), results["test"]
     row = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-           "test_acc": test["acc"], "test_loss": test["loss"], "lr": lr, "epoch_s": epoch_s,
-           "images_per_s": images_per_s, "train_s": train_s}
+           "test_acc": test["acc"], "test_loss": test["loss"], "test_top5": test.get("top5"), "lr": lr,
+           "epoch_s": epoch_s, "images_per_s": images_per_s, "train_s": train_s}
     if val is not None:
-        row.update(val_acc=val["acc"], val_loss=val["loss"])
+        row.update(val_acc=val["acc"], val_loss=val["loss"], val_top5=val.get("top5"))
+    if test.get("subset_n") is not None:
+        row["test_subset_acc"] = test["subset_acc"]
     return row
 
 
@@ -172,21 +181,33 @@ def console_line(row: dict) -> str:
 
 def summary(cfg, state, results: dict, *, dataset: str, classes: list[str], facts: dict, wall_s: float,
             setup_s: float, world: int, global_batch: int, backend: str, device: str, peak_mem_mb: float,
-            checksums: list[float], ema: bool) -> dict:
+            checksums: list[float], ema: bool, test_subset: str = "") -> dict:
     """summary.json: `cfg` the run's config, `state` its loop state (best validation, clocks, epoch rates),
-    `results` its last evaluation, `facts` the model's params and GFLOPs, `setup_s` the whitening time."""
+    `results` its last evaluation (harness.training.evaluate's dicts), `facts` the model's params and GFLOPs,
+    `setup_s` the whitening time, `test_subset` the file data.test_subset's indices came from ("": none)."""
     from harness.models.weights import run_weights_file  # lazily: the schema's readers need no model zoo
+    from harness.stats import proportion_interval
 
     rate = throughput(state.epoch_rates)
+    test, val = results["test"], results.get("val")
+    subset_n = test.get("subset_n") if test_subset else None
+    interval = proportion_interval(test["subset_acc"], subset_n) if subset_n else None
+    time_s = state.train_s + setup_s
     return {  # SUMMARY_KEYS, in its order (tests/test_tracking.py holds a run's summary.json to it)
         "model": cfg.model.name, "dataset": dataset, "params": facts.get("params"), "gflops": facts.get("gflops"),
-        "test_acc": results["test"]["acc"], "test_images": results["test"]["n"],
-        "val_acc": results["val"]["acc"] if "val" in results else None,
+        "test_acc": test["acc"], "test_images": test["n"], "test_top5": test.get("top5"),
+        "val_acc": val["acc"] if val else None, "val_top5": val.get("top5") if val else None,
+        "test_subset": test_subset or None, "test_subset_images": subset_n,
+        "test_subset_acc": test.get("subset_acc") if subset_n else None,
+        "test_subset_ci95_low": interval[0] if interval else None,
+        "test_subset_ci95_high": interval[1] if interval else None,
+        "eval_limit": cfg.train.eval_limit or None,
         "best_val_acc": state.best_val if state.best_val >= 0 else None,
         "best_val_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         "test_acc_at_best_val": state.test_at_best,
         "per_class_test_acc": dict(zip(classes, results["test"]["per_class"])),
-        "wall_s": wall_s, "train_s": state.train_s, "time_s": state.train_s + setup_s,
+        "wall_s": wall_s, "train_s": state.train_s, "time_s": time_s,
+        "time_s_with_final_eval": time_s + test["seconds"] if test.get("seconds") is not None else None,
         "warmup_run": cfg.train.warmup_run,
         "train_images_per_s": rate, "train_images_per_s_per_device": rate / world if rate is not None else None,
         "world_size": world, "epochs": state.epoch, "steps": state.step, "global_batch": global_batch,
@@ -199,9 +220,16 @@ def summary(cfg, state, results: dict, *, dataset: str, classes: list[str], fact
 
 
 def summary_lines(summary: dict, path: Path) -> list[str]:
-    """The summary on the console: accuracy, throughput, wall time and where it was written; per class."""
+    """The summary on the console: accuracy (top-1 and top-5, on how many test images, and on the test
+    subset with its interval), throughput, wall time and where it was written; per class."""
     per_class = "  ".join(f"{c}:{a:.3f}" for c, a in list(summary["per_class_test_acc"].items())[:20])
-    return [f"test accuracy {summary['test_acc']:.4f}"
-            + (f" | val {summary['val_acc']:.4f}" if summary["val_acc"] is not None else "")
-            + f" | {summary['train_images_per_s'] or 0:.0f} img/s | wall {summary['wall_s']:.1f} s | {path}",
-            f"per-class test accuracy: {per_class}"]
+    limit = f", the first {summary['eval_limit']} only (train.eval_limit)" if summary["eval_limit"] else ""
+    lines = [f"test accuracy {summary['test_acc']:.4f} ({summary['test_images']} images{limit})"
+             + (f", top-5 {summary['test_top5']:.4f}" if summary["test_top5"] is not None else "")
+             + (f" | val {summary['val_acc']:.4f}" if summary["val_acc"] is not None else "")
+             + f" | {summary['train_images_per_s'] or 0:.0f} img/s | wall {summary['wall_s']:.1f} s | {path}"]
+    if summary["test_subset_images"]:
+        lines.append(f"test subset {summary['test_subset']}: accuracy {summary['test_subset_acc']:.4f} on "
+                     f"{summary['test_subset_images']} images (95% interval {summary['test_subset_ci95_low']:.4f}-"
+                     f"{summary['test_subset_ci95_high']:.4f})")
+    return lines + [f"per-class test accuracy: {per_class}"]

@@ -41,7 +41,7 @@ def check_config(cfg: C.Config, world: int) -> None:
                     ("optim.weight_decay", o.weight_decay), ("optim.warmup_epochs", o.warmup_epochs),
                     ("train.lookahead_every", t.lookahead_every), ("optim.bias_lr_scale", o.bias_lr_scale),
                     ("optim.muon_lr", o.muon_lr), ("model.whiten_eps", cfg.model.whiten_eps),
-                    ("model.whiten_bias_epochs", cfg.model.whiten_bias_epochs)]}
+                    ("model.whiten_bias_epochs", cfg.model.whiten_bias_epochs), ("train.eval_limit", t.eval_limit)]}
     for low, items in at_least.items():
         for key, v in items:
             if v < low:
@@ -67,6 +67,7 @@ def check_config(cfg: C.Config, world: int) -> None:
         raise C.ConfigError(f"train.target_acc={t.target_acc}: a fraction in [0, 1] (e.g. 0.94), 0 for off")
     if o.lr <= 0:
         raise C.ConfigError(f"optim.lr={o.lr}: must be positive")
+    _check_eval_limit(t)
     _check_finetune(cfg, world)
 
 
@@ -89,6 +90,21 @@ def _check_finetune(cfg: C.Config, world: int) -> None:
     if cfg.optim.layer_lr_decay <= 0:
         raise C.ConfigError(f"optim.layer_lr_decay={cfg.optim.layer_lr_decay}: a positive factor such as 0.5 "
                             f"(1: the same lr for every stage)")
+
+
+def _check_eval_limit(t: C.TrainConfig) -> None:
+    """train.eval_limit is for smoke runs: refused where a run's figures are the ones this project
+    publishes. Those come from two mechanisms, whatever the recipe file: train.repeats > 1 (repeats.json:
+    the speed recipe's n >= 10 accuracy and time, docs/speed.md) and train.target_acc > 0 (the time to a
+    target accuracy: configs/fast_resnet18.yaml, the campaign's GPU steps). An accuracy on the first N
+    test images must feed neither. A recipe's smoke run (fewer epochs, one seed, target off) may use it."""
+    if t.eval_limit <= 0:
+        return
+    for key, value, off in (("train.repeats", t.repeats, 1), ("train.target_acc", t.target_acc, 0)):
+        if value != off:
+            raise C.ConfigError(f"train.eval_limit={t.eval_limit} evaluates part of the test set, which a published "
+                                f"figure must not; {key}={value} makes one. For a smoke run set {key}={off}, or "
+                                f"train.eval_limit=0 to evaluate every image")
 
 
 def check_split(n_train: int, data: C.DataConfig) -> None:

@@ -16,7 +16,7 @@ off by default:
     whatever the group's lr (scaled by the schedule like the lr, and carried by momentum, as airbench).
   * optim.bias_lr_scale: 1-D parameters (biases, norm scales and shifts) at a multiple of the lr.
   * optim.freeze_norm_weights: norm layers' scales stay at 1; only their biases train.
-  * optim.name=muon: `Muon` below.
+  * optim.name=muon: `Muon` (harness/training/muon.py).
   * model.whiten_bias_epochs: the whitening bias's group has an `end_step`: its lr falls linearly from
     the peak to 0 there, whatever the schedule.
   * schedule=triangular, and linear without warm-up: warm-up-free schedules for large batches.
@@ -35,6 +35,7 @@ from torch import nn
 
 from harness import config as C
 from harness.training.freeze import freeze_norm_weights, stage_depths
+from harness.training.muon import Muon
 
 # airbench94's triangle: 0.2 x peak at step 0, the peak at 23% of the steps, then down to the floor
 TRIANGULAR_START, TRIANGULAR_PEAK_AT = 0.2, 0.23
@@ -104,7 +105,7 @@ class GroupSpec:
     extra keys, and checkpoints hold them); `set_lr` reads `lr_scale` and `end_step` back from there."""
 
     params: list[nn.Parameter]
-    kind: str  # the update it gets: "sgd", "adamw", or "muon" (orthogonalised, Muon below)
+    kind: str  # the update it gets: "sgd", "adamw", or "muon" (orthogonalised: harness/training/muon.py)
     lr_scale: float = 1.0  # its lr = the scheduled lr x lr_scale
     weight_decay: float = 0.0  # torch's weight_decay for the group (decoupled mode: already divided by its peak lr)
     end_step: int = 0  # > 0: its lr falls from peak x lr_scale to 0 at this optimiser step, whatever the schedule
@@ -183,59 +184,3 @@ def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float, batch
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), fused=fused)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Muon
-
-
-def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U Vᵀ of the 2-D matrix g = U S Vᵀ by a quintic Newton-Schulz iteration, in bf16.
-    The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero: three steps bring every
-    singular value into roughly [0.5, 1.5] rather than exactly 1, which trains as well (Jordan 2024)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
-    x = x / (x.norm() + eps)  # the top singular value at most 1
-    tall = x.shape[0] > x.shape[1]
-    if tall:
-        x = x.T
-    for _ in range(steps):
-        A = x @ x.T
-        x = a * x + (b * A + c * A @ A) @ x
-    return (x.T if tall else x).to(g.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Groups with `orthogonalize=True` (the 4-D conv filters): Nesterov momentum, then the update is the
-    momentum's flattened (out, in x kh x kw) matrix orthogonalised, at a size set by the lr alone; each
-    filter bank is first rescaled to norm sqrt(out_channels) (BatchNorm follows, so only its direction
-    counts, and a fixed norm keeps the effective step fixed). Other groups: SGD with (Nesterov) momentum
-    and coupled weight decay, exactly as torch.optim.SGD with dampening 0."""
-
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
-                 weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                                      orthogonalize=False))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr, m, nesterov = group["lr"], group["momentum"], group["nesterov"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if not group["orthogonalize"] and group["weight_decay"]:
-                    g = g.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    buf = state["momentum_buffer"] = g.clone()
-                else:
-                    buf = state["momentum_buffer"].mul_(m).add_(g)
-                d = g.add(buf, alpha=m) if nesterov else buf
-                if group["orthogonalize"]:
-                    p.mul_(math.sqrt(p.shape[0]) / (p.norm() + 1e-12))
-                    d = orthogonalize(d.reshape(len(d), -1)).view_as(p)
-                p.add_(d, alpha=-lr)
-        return loss

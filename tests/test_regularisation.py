@@ -1,0 +1,436 @@
+"""The regularisation options of issue 22, each tested by its effect: RandAugment (harness/data/
+randaugment.py), random erasing and mixup/cutmix (harness/data/interface.py, mix.py) in both backends,
+and stochastic depth (`model.drop_path`, harness/models/). The world-size and resume tests of every
+option are in tests/test_loaders.py (ALL_OPTIONS)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_loaders import BACKENDS, DEVICE, make, to_pixels
+from test_models import SEED_PARAMS
+from torch import nn
+from torchvision.ops import StochasticDepth
+from torchvision.transforms.v2 import InterpolationMode, RandAugment
+
+from harness.data import randaugment
+from harness.data.cifar import random_split
+from harness.data.interface import ERASE_RATIO, ERASE_SCALE, Augment, make_plan
+from harness.errors import UserError
+from harness.models import count_params, create_model, drop_path_models, list_models
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Natural-looking pixels (smooth gradients with noise) for the pixel-level comparisons: random noise
+    would make every interpolation difference look like a large one."""
+    rng = np.random.default_rng(0)
+    n = 96
+    ramp = np.linspace(0, 1, 32)
+    base = rng.uniform(0, 255, (n, 1, 1, 3)) * ramp[None, :, None, None] + rng.uniform(0, 255, (n, 1, 1, 3)) \
+        * ramp[None, None, :, None]
+    x = np.clip(base / 2 + rng.normal(0, 20, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return x, rng.integers(0, 10, n)
+
+
+def plan_kw(**augment):
+    return dict(seed=5, train=True, drop_last=True, augment=Augment(**augment))
+
+
+# -- RandAugment -----------------------------------------------------------------------------------------
+
+
+def test_randaugment_ops_are_torchvisions():
+    """The op table is torchvision's RandAugment space: names, order, signed flags and the magnitude at
+    every bin (torchvision's private table is the reference here; a torchvision upgrade that changes it
+    fails this test)."""
+    space = RandAugment._AUGMENTATION_SPACE
+    assert randaugment.NAMES == tuple(space)
+    for name, magnitudes, signed in randaugment.OPS:
+        reference, reference_signed = space[name]
+        assert signed == reference_signed, name
+        expected = reference(randaugment.BINS, 32, 32)
+        assert (magnitudes is None) == (expected is None), name
+        if expected is not None:
+            assert magnitudes(32) == [float(v) for v in expected], name
+    assert randaugment.parse("rand-m9-n2").magnitudes()[randaugment.NAMES.index("Rotate")] == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize("text, magnitude, ops", [("rand-m9-n2", 9, 2), ("rand-n3-m0", 0, 3), ("rand-m30", 30, 2),
+                                                  ("rand", 9, 2)])
+def test_randaugment_policy_text(text, magnitude, ops):
+    assert randaugment.parse(text) == randaugment.Policy(magnitude, ops)
+    assert randaugment.parse("") is None
+
+
+@pytest.mark.parametrize("text", ["rand-m31-n2", "rand-m9-n0", "rand-m9-mstd0.5", "augmix-m9", "rand-m9-m3", "m9-n2"])
+def test_randaugment_bad_policy_is_one_clear_line(text):
+    with pytest.raises(UserError, match=r"data.randaugment=.*rand-m9-n2") as e:
+        Augment(randaugment=text)
+    assert "\n" not in str(e.value)
+
+
+def test_randaugment_plan_is_reproducible_and_uniform():
+    kw = plan_kw(randaugment="rand-m9-n2")
+    e0, again, e1 = (make_plan(20000, 100, 0, 1, epoch=e, **kw) for e in (0, 0, 1))
+    assert e0.ops.shape == (20000, 2) and e0.negate.shape == (20000, 2)
+    # the same seed and epoch: the same ops and signs (so magnitudes) per image; another epoch, other ones
+    assert torch.equal(e0.ops, again.ops) and torch.equal(e0.negate, again.negate)
+    assert (e0.ops != e1.ops).float().mean() > 0.9  # 13/14 differ by chance
+    other_seed = make_plan(20000, 100, 0, 1, epoch=0, **{**kw, "seed": 6})
+    assert (e0.ops != other_seed.ops).float().mean() > 0.9
+    # uniform over the 14 ops, signs a fair coin: 40,000 draws at a fixed seed, bounds at p = 1e-6
+    counts = np.bincount(e0.ops.flatten().numpy(), minlength=14)
+    expected = counts.sum() / 14
+    assert len(counts) == 14 and ((counts - expected) ** 2 / expected).sum() < 50.0  # 13 dof: p = 1e-6 at 50.7
+    assert abs(int(e0.negate.sum()) - 20000) < 5 * 100  # binomial sd sqrt(40000 / 4)
+    # turning RandAugment on leaves every other draw as it was
+    plain = make_plan(20000, 100, 0, 1, epoch=0, **plan_kw())
+    assert all(torch.equal(getattr(plain, f), getattr(e0, f)) for f in ("indices", "dy", "dx", "flip", "cy", "cx"))
+
+
+def test_randaugment_renders_torchvisions_op_per_image(images):
+    """Each rendered image is torchvision's own op (RandAugment's `_apply_image_or_video_transform`, the
+    reference) applied to that image alone, with the plan's op and sign, after its crop and flip."""
+    x, y = images
+    loader = make("torch", x, y, 32, seed=2, augment=Augment(padding=0, randaugment="rand-m9-n2"))
+    plan, reference = loader.plan(), RandAugment()
+    magnitudes = loader.augment.policy.magnitudes()
+    chosen = set()
+    for k, (batch, _) in enumerate(loader):
+        got = to_pixels(batch)
+        for j in range(len(batch)):
+            i = 32 * k + j
+            image = torch.from_numpy(x[int(plan.indices[i])]).permute(2, 0, 1).to(DEVICE)  # the loader's device
+            if plan.flip[i]:
+                image = image.flip(-1)
+            for op, negate in zip(plan.ops[i].tolist(), plan.negate[i].tolist()):
+                name, _, signed = randaugment.OPS[op]
+                magnitude = -magnitudes[op] if signed and negate else magnitudes[op]
+                image = reference._apply_image_or_video_transform(
+                    image, name, magnitude, interpolation=InterpolationMode.NEAREST, fill=reference._fill)
+                chosen.add(name)
+            assert np.array_equal(got[j], image.permute(1, 2, 0).cpu().numpy()), (i, plan.ops[i].tolist())
+    assert len(chosen) == 14  # every op was exercised
+
+
+# Per op: the largest share of pixels allowed to differ between the backends, and by how many levels
+# (measured on these images on the CPU: Color 0.2% by one level, torch fuses its blend's multiply-add;
+# Equalize is OpenCV's table in DALI, PIL's in torchvision: up to tens of levels). All others are
+# pixel-exact on the CPU. On a GPU (not yet run there) the geometric ops' nearest-neighbour picks may
+# differ where a sample point falls on a pixel boundary in one backend's float arithmetic: a few pixels.
+BACKEND_TOLERANCE = {"Color": (0.01, 1), "Equalize": (1.0, 255)}
+if DEVICE.type == "cuda":
+    BACKEND_TOLERANCE.update({op: (0.005, 255) for op in ("ShearX", "ShearY", "Rotate")})
+
+
+@pytest.mark.parametrize("op", randaugment.NAMES)
+def test_randaugment_backends_apply_the_same_op(op, images):
+    pytest.importorskip("nvidia.dali")
+    x, y = images
+    index = randaugment.NAMES.index(op)
+    for negate in (False, True):
+        rendered = []
+        for backend in BACKENDS:
+            loader = make(backend, x, y, 48, seed=1, augment=Augment(randaugment="rand-m9-n1"))
+            plan = loader.plan()
+            plan.ops[:] = index  # every image through this op, with this sign
+            plan.negate[:] = negate
+            rendered.append(np.concatenate([to_pixels(b) for b, _ in loader]).astype(int))
+        diff = np.abs(rendered[0] - rendered[1])
+        share, levels = BACKEND_TOLERANCE.get(op, (0.0, 0))
+        assert diff.max() <= levels and (diff > 0).mean() <= share, (op, negate, diff.max(), (diff > 0).mean())
+        if op == "Equalize":  # a different table, the same operation: far closer than to the input
+            assert diff.mean() < 0.5 * np.abs(rendered[0] - to_pixels_of_plain(x, y)).mean()
+
+
+def to_pixels_of_plain(x, y):
+    loader = make("torch", x, y, 48, seed=1, augment=Augment())
+    return np.concatenate([to_pixels(b) for b, _ in loader]).astype(int)
+
+
+# -- random erasing --------------------------------------------------------------------------------------
+
+
+def test_random_erasing_plan_follows_torchvisions_distribution():
+    p, n = 0.4, 20000
+    erase = make_plan(n, 100, 0, 1, epoch=3, **plan_kw(random_erasing=p)).erase
+    top, left, h, w = erase.T
+    on = h > 0
+    assert abs(int(on.sum()) - p * n) < 5 * math.sqrt(n * p * (1 - p))  # the probability, 5 sd
+    assert torch.equal(on, w > 0)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
+    area, aspect = (h * w)[on].float() / 1024, h[on].float() / w[on].float()
+    # torchvision's ranges, widened by the rounding of h and w to whole pixels
+    assert ERASE_SCALE[0] * 0.5 < area.min() and area.max() < ERASE_SCALE[1] * 1.15
+    assert ERASE_RATIO[0] * 0.7 < aspect.min() and aspect.max() < ERASE_RATIO[1] / 0.7
+    assert abs(float(aspect.log().mean())) < 0.05  # log-uniform ratio: symmetric about 1
+    # placement uniform over the positions the rectangle fits: its centre averages the image centre
+    assert abs(float((top + h / 2)[on].float().mean()) - 16) < 0.3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_erasing_erases_the_planned_rectangle_and_never_in_evaluation(backend):
+    n, p = 256, 0.5
+    pixels = np.full((n, 32, 32, 3), 200, dtype=np.uint8)  # normalises to nonzero in every channel
+    labels = np.zeros(n, dtype=np.int64)
+    augment = Augment(padding=0, flip=False, random_erasing=p)
+    loader = make(backend, pixels, labels, 64, seed=7, augment=augment)
+    plan, erased = loader.plan(), 0
+    for k, (x, _) in enumerate(loader):
+        zero = (x == 0).cpu().numpy()
+        assert (zero == zero[:, :1]).all()  # all channels alike
+        for j in range(len(x)):
+            top, left, h, w = plan.erase[64 * k + j].tolist()
+            expected = np.zeros((32, 32), dtype=bool)
+            expected[top:top + h, left:left + w] = True
+            assert np.array_equal(zero[j, 0], expected), (k, j)
+            erased += h > 0
+    assert abs(erased - p * n) < 5 * math.sqrt(n * p * (1 - p))
+    evaluation = make(backend, pixels, labels, 64, train=False, augment=augment)
+    assert all(not (x == 0).any() for x, _ in evaluation)
+
+
+# -- mixup and cutmix ------------------------------------------------------------------------------------
+
+
+def unmixed(backend, x, y, batch, seed, epoch=0, **options):
+    """The same loader's batches without mixing: the mixing draws have their own stream, so every other
+    parameter (crop, flip, RandAugment, erasing) is the same."""
+    loader = make(backend, x, y, batch, seed=seed, augment=Augment(**options))
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixup_images_and_targets_are_the_formula(backend, images):
+    x, y = images
+    G = 32
+    loader = make(backend, x, y, G, seed=4, augment=Augment(cutout=8, mixup=0.8), num_classes=10)
+    plan = loader.plan()
+    assert plan.lam is not None and not plan.cut.any()
+    for k, ((mixed, targets), (plain, labels)) in enumerate(zip(loader, unmixed(backend, x, y, G, 4, cutout=8))):
+        lam = plan.lam[k * G:(k + 1) * G].to(mixed.device)
+        partner = plain.flip(0)  # position i's partner is G - 1 - i
+        expected = lam.view(-1, 1, 1, 1) * plain + (1 - lam.view(-1, 1, 1, 1)) * partner
+        torch.testing.assert_close(mixed, expected, atol=1e-5, rtol=0)
+        onehot = nn.functional.one_hot(labels, 10).float()
+        assert targets.dtype == torch.float32 and targets.shape == (G, 10)
+        torch.testing.assert_close(targets, lam[:, None] * onehot + (1 - lam[:, None]) * onehot.flip(0),
+                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(targets.sum(1), torch.ones(G, device=targets.device))
+    assert 0.0 < float(plan.lam.min()) and float(plan.lam.max()) < 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cutmix_pastes_the_box_whose_area_is_lam(backend, images):
+    x, y = images
+    G = 32
+    loader = make(backend, x, y, G, seed=9, augment=Augment(cutmix=1.0, random_erasing=0.3), num_classes=10)
+    plan = loader.plan()
+    assert plan.cut.all()
+    clipped = square = 0
+    for k, ((mixed, targets), (plain, labels)) in enumerate(
+            zip(loader, unmixed(backend, x, y, G, 9, random_erasing=0.3))):
+        partner = plain.flip(0)
+        for j in range(G):
+            i = k * G + j
+            y0, y1, x0, x1 = plan.box[i].tolist()
+            assert 0 <= y0 <= y1 <= 32 and 0 <= x0 <= x1 <= 32
+            lam = float(plan.lam[i])  # recomputed from the clipped box
+            assert lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 1024, abs=1e-6)
+            inside = torch.zeros(32, 32, dtype=torch.bool, device=mixed.device)
+            inside[y0:y1, x0:x1] = True
+            assert torch.equal(mixed[j][:, inside], partner[j][:, inside])
+            assert torch.equal(mixed[j][:, ~inside], plain[j][:, ~inside])
+            onehot = nn.functional.one_hot(labels, 10).float()
+            torch.testing.assert_close(targets[j], lam * onehot[j] + (1 - lam) * onehot.flip(0)[j], atol=1e-6, rtol=0)
+            if 0 < y0 and y1 < 32 and 0 < x0 and x1 < 32:  # not clipped: timm's square of even side
+                assert y1 - y0 == x1 - x0 and (y1 - y0) % 2 == 0
+                square += 1
+            else:
+                clipped += 1
+    assert square > 0 and clipped > 0  # both cases exercised
+
+
+def test_mix_draws_follow_their_distributions():
+    n = 20000
+    alpha, switch = 0.8, 0.3
+    plan = make_plan(n, 100, 0, 1, epoch=0, **plan_kw(mixup=alpha, cutmix=1.0, mix_switch_prob=switch))
+    cut, lam = plan.cut, plan.lam.double()
+    assert abs(int(cut.sum()) - switch * n) < 5 * math.sqrt(n * switch * (1 - switch))
+    mixup = lam[~cut]  # Beta(0.8, 0.8): mean 1/2, variance 1 / (4 (2a + 1))
+    sd_mean = math.sqrt(1 / (4 * (2 * alpha + 1)) / len(mixup))
+    assert abs(float(mixup.mean()) - 0.5) < 5 * sd_mean
+    assert float(mixup.var()) == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.05)
+    # cutmix: the box covers 1 - lam of the image (Beta(1, 1) before the clipping, which only shrinks it)
+    assert float((1 - lam[cut]).mean()) < 0.5 and (plan.box[~cut] == 0).all()
+    # mixing leaves every other draw as it was
+    plain = make_plan(n, 100, 0, 1, epoch=0, **plan_kw())
+    assert all(torch.equal(getattr(plain, f), getattr(plan, f)) for f in ("indices", "dy", "dx", "flip", "cy", "cx"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixing_stops_at_mix_stop_epoch(backend, images):
+    x, y = images
+    augment = Augment(mixup=0.5, cutmix=0.5, mix_stop_epoch=2)
+    loader = make(backend, x, y, 32, seed=3, augment=augment, num_classes=10)
+    for epoch, mixes in ((1, True), (2, False), (5, False)):
+        loader.set_epoch(epoch)
+        assert (loader.plan().lam is not None) == mixes
+        plain = unmixed(backend, x, y, 32, 3, epoch)
+        for (mixed, targets), (image, labels) in zip(loader, plain):
+            assert targets.shape == (32, 10)  # soft targets throughout: one-hot once mixing stops
+            assert torch.equal(targets, nn.functional.one_hot(labels, 10).float()) != mixes
+            assert torch.equal(mixed, image) != mixes
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
+def test_targets_are_soft_only_when_mixing_is_configured_and_never_in_evaluation(backend):
+    split = random_split(120, seed=2)
+    everything = Augment(cutout=8, randaugment="rand-m9-n2", random_erasing=0.5, mixup=0.8, cutmix=1.0)
+    kw = dict(synthetic_size=120, num_classes=10) if backend == "synthetic" else dict(num_classes=10)
+    train = make(backend, split.images, split.labels, 24, augment=everything, **kw)
+    x, targets = next(iter(train))
+    assert targets.dtype == torch.float32 and targets.shape == (24, 10) and x.shape == (24, 3, 32, 32)
+    torch.testing.assert_close(targets.sum(1), torch.ones(24, device=targets.device))
+    _, labels = next(iter(make(backend, split.images, split.labels, 24, augment=Augment(cutout=8), **kw)))
+    assert labels.dtype == torch.int64
+    if backend == "synthetic":
+        return
+    # evaluation never augments: the same batches with and without every option
+    evaluation = [make(backend, split.images, split.labels, 50, train=False, augment=a, **kw)
+                  for a in (everything, Augment())]
+    for (u, v), (s, t) in zip(*evaluation, strict=True):
+        assert torch.equal(u, s) and torch.equal(v, t) and v.dtype == torch.int64
+
+
+def test_backends_agree_with_every_option(images):
+    """The same images chosen, with the same parameters, in both backends: equal targets (partners and
+    weights) and images within the documented rounding (Equalize, which differs by design, replaced by
+    Identity in the plan). On 1 process (partners are the batch reversed) and on 2 (rendered by index)."""
+    pytest.importorskip("nvidia.dali")
+    x, y = images
+    options = Augment(cutout=8, randaugment="rand-m9-n2", random_erasing=0.5, mixup=0.8, cutmix=1.0)
+    for world in (1, 2):
+        batches = {}
+        for backend in BACKENDS:
+            per_rank = []
+            for rank in range(world):
+                loader = make(backend, x, y, 48 // world, seed=6, rank=rank, world=world, augment=options)
+                loader.set_epoch(1)
+                plan = loader.plan()
+                for p in (plan, plan.partner):
+                    p.ops[p.ops == randaugment.NAMES.index("Equalize")] = 0
+                per_rank.append(list(loader))
+            batches[backend] = [(torch.cat([r[k][0] for r in per_rank]), torch.cat([r[k][1] for r in per_rank]))
+                                for k in range(len(per_rank[0]))]
+        for (a, s), (b, t) in zip(batches["torch"], batches["dali"], strict=True):
+            assert torch.equal(s, t)
+            # Color's one-level differences, which a second op (Contrast, AutoContrast) may stretch: a few
+            # levels (one level after normalisation is 1 / (255 * std) < 0.017) on under 1% of the values
+            torch.testing.assert_close(a, b, atol=4 * 0.017, rtol=0)
+            assert (a - b).abs().gt(1e-5).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(mixup=-1.0), "data.mixup=-1.0"), (dict(cutmix=-0.5), "data.cutmix=-0.5"),
+    (dict(mix_switch_prob=1.5), "data.mix_switch_prob=1.5"), (dict(random_erasing=2.0), "data.random_erasing=2.0"),
+    (dict(mix_stop_epoch=-1), "data.mix_stop_epoch=-1")])
+def test_bad_options_are_one_clear_line(options, words):
+    with pytest.raises(UserError) as e:
+        Augment(**options)
+    assert str(e.value).startswith(words) and "\n" not in str(e.value)
+
+
+# -- stochastic depth (model.drop_path) ------------------------------------------------------------------
+
+DROP_PATH = drop_path_models()
+
+
+def test_drop_path_families():
+    assert DROP_PATH == ["compact_resnet", "convnext", "densenet121", "efficientnet_b0", "mobilenet_v2", "modern_cnn",
+                         "resnet18", "resnet34", "resnet50", "se_resnet18"]
+
+
+def _drop_modules(model: nn.Module) -> list[StochasticDepth]:
+    return [m for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+@pytest.mark.parametrize("name", DROP_PATH)
+def test_drop_path_rates_rise_linearly_to_the_rate(name):
+    with torch.device("meta"):
+        model = create_model(name, drop_path=0.3)
+    rates = [m.p for m in _drop_modules(model)]  # the first droppable block's rate is 0: no module
+    step = 0.3 / len(rates)
+    assert rates == pytest.approx([step * (i + 1) for i in range(len(rates))])
+    assert rates[-1] == 0.3 and all(m.mode == "row" for m in _drop_modules(model))
+    assert count_params(model) == SEED_PARAMS[name]  # stochastic depth has no parameters
+
+
+@pytest.mark.parametrize("name", [n for n in DROP_PATH if n != "resnet34"])  # resnet18 has its block
+def test_drop_path_is_identity_at_rate_zero_and_in_eval(name):
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    default = create_model(name)
+    torch.manual_seed(0)
+    zero = create_model(name, drop_path=0.0)
+    with torch.no_grad():
+        if name == "efficientnet_b0":  # its own default is 0.2 (the paper's), not off
+            assert _drop_modules(default)[-1].p == 0.2 and not _drop_modules(zero)
+        else:  # built without any stochastic depth: rate 0 is the default model, forward for forward
+            assert not _drop_modules(default)
+            for mode in ("train", "eval"):  # train first: both update their BN statistics alike
+                outputs = []
+                for model in (default, zero):
+                    torch.manual_seed(5)
+                    outputs.append(model.train(mode == "train")(x))
+                assert torch.equal(*outputs), mode
+        # identity in eval: a dropping model's eval forward is the rate-0 model's, weights and statistics alike
+        dropping = create_model(name, drop_path=0.3)
+        dropping.load_state_dict(zero.state_dict())
+        assert torch.equal(dropping.eval()(x), zero.eval()(x))
+
+
+def test_drop_path_drops_p_of_the_samples_in_the_last_block():
+    p = 0.3
+    model = create_model("resnet18", drop_path=p).train()
+    last = _drop_modules(model)[-1]
+    assert last.p == p
+    seen = {}
+    last.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0], out=out))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))
+    x, out = seen["x"], seen["out"]
+    for i in range(len(x)):  # each sample: dropped whole, or kept scaled by 1 / (1 - p)
+        assert torch.equal(out[i], torch.zeros_like(x[i])) or torch.allclose(out[i], x[i] / (1 - p))
+    # the rate, statistically: 40,000 samples through the same module, bounds at 5 binomial sd
+    with torch.no_grad():
+        rows = last(torch.ones(40000, 2, 2, 2))
+    dropped = int((rows.flatten(1) == 0).all(1).sum())
+    assert abs(dropped - p * 40000) < 5 * math.sqrt(40000 * p * (1 - p))
+    assert torch.equal(last.eval()(x), x)
+
+
+def test_drop_path_on_a_model_without_it_is_a_clear_error():
+    without = sorted(set(list_models()) - set(DROP_PATH))
+    assert "plainnet18" in without and "vgg16" in without
+    with pytest.raises(UserError) as e:
+        create_model("plainnet18", drop_path=0.1)
+    message = str(e.value)
+    assert message.startswith("model.drop_path=0.1: plainnet18 has no stochastic depth")
+    assert all(name in message for name in DROP_PATH) and "\n" not in message
+    assert create_model("plainnet18", drop_path=0.0).__class__.__name__ == "ResNet"  # 0: nothing asked
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match=r"a drop rate in \[0, 1\)"):
+            create_model("resnet18", drop_path=bad)
+
+
+def test_drop_path_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    model = create_model("resnet18", drop_path=0.2).train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
