@@ -45,8 +45,8 @@ from harness.errors import UserError, agreed
 from harness.provenance import device_names, peak_memory_mb
 from harness.run import metrics
 from harness.run.directory import RunDirectory, default_run_dir
-from harness.run.tracker import wandb_importable
 from harness.run.stop import StopRequest
+from harness.run.tracker import wandb_importable
 from harness.training import finetune
 from harness.training.checks import check_config, check_split
 from harness.training.ema import EMA
@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
         if resumed := run.start(raw_model, [state, ema, lookahead]):  # then config.yaml, provenance, tracker
             accelerator.print(f"resumed from {resumed} at epoch {state.epoch + 1}, batch {state.batch}, "
                               f"step {state.step}")
-        # with a validation split, the best epoch's weights (and EMA twin) are kept as best.safetensors
         keep_best = functools.partial(run.save_weights, raw_model, ema.module if ema is not None else None,
                                       which="best", model=cfg.model.name, num_classes=data.num_classes)
         # train.log_grad_norms: per-layer gradient norms, summed on the device, read at log intervals

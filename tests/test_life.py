@@ -248,8 +248,8 @@ def test_every_tool_writes_under_runs_by_default_in_a_fresh_clone(clone, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the campaign's default output moves from docs/benchmarks/ to runs/ with issue 20's "
-                          "campaign change; this passes once it is merged", strict=False)
 def test_the_smoke_campaign_writes_under_runs_by_default_in_a_fresh_clone(clone):
+    """Every step of the campaign at toy size (a few minutes here), into its default runs/campaign-<device>-smoke."""
     in_clone(clone, "harness.campaign", ["smoke=true"], timeout=900)
+    assert list((clone / "runs").glob("campaign-*-smoke/report.md"))
     assert untracked(clone) == ""
