@@ -14,7 +14,8 @@ parser, so each setting has one spelling in every tool.
   KEY=WORD, taken as text.
 * Any other flag is refused with the key=value spelling of what it meant (`--model resnet18` -> `did you
   mean model.name=resnet18?`, found by `config.close_keys`).
-`run_cli` runs an entry point's main() and turns a `UserError` into one line on stderr and exit status 2.
+`run_cli` runs an entry point's main() and turns a `UserError` into one line and exit status 2, said once per
+job however many processes run it (`harness.errors.report`).
 
 harness/config.py keeps what a config is: its dataclasses, checks, YAML loading and key=value overrides (a
 recipe or a sweep's overrides are config without a command line); this module turns argv into one.
@@ -34,7 +35,7 @@ import typing
 
 from harness import config as C
 from harness.config import ConfigError
-from harness.errors import UserError
+from harness.errors import UserError, report
 
 CONFIG_FLAG = "--config"  # a YAML file of the tool's keys: after the defaults, before the key=value words
 # flag -> the keys it may set: the first one the tool has (the tools write to out, a training run to its
@@ -209,9 +210,10 @@ def help_text(cls, prog: str = "harness", usage: str | None = None, positional: 
 
 
 def run_cli(main):
-    """Run an entry point's `main()`, turning user mistakes into one clear line and a non-zero exit."""
+    """Run an entry point's `main()`, turning user mistakes into one clear line (once per job: rank 0 says
+    it) and a non-zero exit on every rank."""
     try:
         return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(e)
         raise SystemExit(e.exit_code) from None

@@ -75,7 +75,7 @@ class DataConfig:
     mix_stop_epoch: int = 0  # no mixing from this (0-based) epoch on; the targets stay soft, one-hot (timm --mixup-off-epoch; 0: never stop)
     randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off)
     random_erasing: float = 0.0  # probability that a training image gets one rectangle erased to 0 after normalisation (torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3; timm --reprob; 0: off)
-    test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (cifar10_pack.py unpack writes it: the 1,000 bit-exact images of the packed test set); none (or ""): off
+    test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (e.g. the test images of a recovered copy that are bit-exact); none (or ""): off
 
 
 @dataclass
@@ -90,6 +90,7 @@ class TrainConfig:
     )
     target_acc: float = 0.0  # stop when validation (else test) accuracy reaches it (0: off)
     resume: str = ""  # "": fresh run; "auto": latest checkpoint in run.dir if any; or a checkpoint path
+    resume_force: bool = False  # resume even though the recipe changed since the checkpoint (every change is recorded in provenance.json); without it a changed key outside config.RESUMABLE stops the run
     grad_accum: int = 1  # micro-batches per optimiser step; batch_size is the micro-batch, globally
     grad_clip: float = 0.0  # max global grad norm (0: off)
     label_smoothing: float = 0.0
@@ -152,6 +153,46 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# Keys that may differ between the segments of one run (train.resume), each with why: they change where and
+# how the run is recorded, shown, checkpointed or evaluated, how fast it runs, or how long it goes on, not the
+# trajectory of the steps already taken. Any other change is a different recipe: resuming refuses it unless
+# train.resume_force=true (docs/training.md, "Resume"). train.resume and train.resume_force describe the
+# start itself and are never compared.
+RESUMABLE = {
+    "train.epochs": "extends or shortens the run; the lr schedule is recomputed over the new total from the "
+                    "step reached (a cosine lr moves to the new curve's value there)",
+    "train.max_steps": "as train.epochs",
+    "train.eval_every": "which epochs are evaluated", "train.eval_batch_size": "evaluation batches only",
+    "train.compile": "speed: the same maths (checkpoints hold the raw model's weights)",
+    "train.compile_mode": "speed", "train.channels_last": "memory layout", "train.warmup_run": "speed: throwaway steps",
+    "train.log_grad_norms": "recording", "run.log_every": "recording", "run.progress": "the console",
+    "run.wandb": "recording", "run.name": "the W&B display name",
+    "run.checkpoint_every": "when checkpoints are written", "run.keep_checkpoints": "how many are kept",
+    "run.dir": "where the run is now (a moved run directory)",
+    "data.root": "where the data is now: allowed when it holds the same files (names and sizes) as at the "
+                 "last start",
+    "data.download": "whether missing files may be fetched", "data.prefetch": "DALI's queue depth: speed",
+    "data.test_subset": "which test images are also reported apart (the test set never selects)",
+}
+NOT_COMPARED = ("train.resume", "train.resume_force")
+
+
+def recipe_changes(stored: dict, cfg) -> dict[str, tuple]:
+    """{dotted key: (stored value, new value)} for every key whose value differs between `stored` (a run's
+    config.yaml as loaded) and `cfg`, outside NOT_COMPARED. A key the stored config lacks (added to the
+    harness since) counts as unchanged when `cfg` holds its default: a new key's default keeps the old
+    behaviour."""
+    old, new, default = flatten(stored or {}), flatten(yaml.safe_load(to_yaml(cfg))), leaf_keys(type(cfg)())
+    missing = object()
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if key in NOT_COMPARED or before == after or (before is missing and after == default.get(key, missing)):
+            continue
+        changes[key] = (None if before is missing else before, None if after is missing else after)
+    return changes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,6 +276,19 @@ def leaf_keys(obj, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{f.name}"] = value
     return out
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{train: {epochs: 1}} -> {"train.epochs": 1}: a nested mapping (a loaded config.yaml, a sweep's fixed
+    overrides) under dotted keys."""
+    flat = {}
+    for key, value in data.items():
+        key = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
 
 
 def close_keys(obj, name: str, n: int = 3) -> list[str]:

@@ -1,7 +1,10 @@
-"""Look inside a trained run: `python -m harness.inspect RUN_DIR out=DIR [data.root=D] [images=4]`.
+"""Look inside a trained run: `python -m harness.inspect RUN_DIR [out=DIR] [weights=last|best] [data.root=D] [images=4]`.
 
-Loads the run's weights (`harness.models.load_run`: EMA when present) and its test set (the run's
-config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to out:
+Loads the run's weights (`harness.models.load_run`: the last epoch's, or with weights=best the best
+validation epoch's; EMA when present) and its test set (the run's
+config.yaml: dataset, root, format, data.classes), evaluates every test image once, and writes to out
+(default runs/inspect-<run name>, or -best with weights=best: never into the run, which may be a published
+one under docs/):
   filters.png        the first layer's filters as an RGB grid (003/004 "visualise learned filters")
   feature_maps.png   for a few test images, the mean activation of each stage (`harness.training.freeze.stages`)
   confusion.png      the confusion matrix (rows: true class, share of the row; numbers: counts)
@@ -168,16 +171,18 @@ def plot_misclassified(images, labels, probs, classes, path: Path, count: int = 
 # ----------------------------------------------------------------------------------------------------
 
 
-def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images: int = 4) -> dict:
+def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images: int = 4,
+                which: str = "last") -> dict:
     import matplotlib
 
     from harness.models import load_run
+    from harness.models.weights import run_weights_file
 
     matplotlib.use("Agg")
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_run(run_dir, device=device)
+    model = load_run(run_dir, which=which, device=device)
     ds = load_test_set(run_dir, data_root)
     images, labels = ds.test.images, ds.test.labels
     probs = predict(model, images, device)
@@ -199,9 +204,9 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
     worst = plot_misclassified(images, labels, probs, ds.classes, out / "misclassified.png")
     acc = float((preds == labels).mean())
     per_class = counts.diagonal() / np.maximum(counts.sum(1), 1)
+    weights = run_weights_file(which, ema=(run_dir / run_weights_file(which, ema=True)).is_file())
     md = [f"# Inspection of {run_dir}\n",
-          f"Test accuracy {100 * acc:.2f}% on {len(labels)} images ({ds.name}, weights: "
-          f"{'ema' if (run_dir / 'ema.safetensors').is_file() else 'model'}.safetensors).\n",
+          f"Test accuracy {100 * acc:.2f}% on {len(labels)} images ({ds.name}, weights: {weights}).\n",
           "| class | test accuracy | images |", "|---|---|---|",
           *[f"| {c} | {100 * a:.1f}% | {n} |" for c, a, n in zip(ds.classes, per_class, counts.sum(1))], ""]
     if has_filters:
@@ -223,24 +228,25 @@ class InspectData:
 @dataclass
 class InspectOptions:
     run: str = ""  # the finished run directory to inspect (required; the bare word on the command line)
-    out: str = ""  # where the PNGs, confusion.csv and inspect.md go (required)
+    out: str = ""  # where the PNGs, confusion.csv and inspect.md go ("": runs/inspect-<run name>[-best])
     images: int = 4  # test images in the feature-map figure
+    weights: str = C.choices("last", "best", default="last")  # the last epoch's weights, or the best validation epoch's (best.safetensors: runs with data.val_size > 0)
     data: InspectData = field(default_factory=InspectData)
 
 
-USAGE = "python -m harness.inspect RUN_DIR out=DIR [data.root=D] [images=4]"
+USAGE = "python -m harness.inspect RUN_DIR [out=DIR] [weights=last|best] [data.root=D] [images=4]"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(InspectOptions, argv, prog="python -m harness.inspect", usage=USAGE, positional="run")
     if not args.run:
         raise UserError(f"name one finished run directory; usage: {USAGE}")
-    if not args.out:
-        raise UserError(f"out=DIR is required: where the PNGs and inspect.md go; usage: {USAGE}")
     if args.images < 1:
         raise C.ConfigError(f"images={args.images}: at least 1 test image for the feature maps")
-    result = inspect_run(Path(args.run), Path(args.out), args.data.root or None, args.images)
-    print(f"{Path(args.out) / 'inspect.md'}: test accuracy {100 * result['test_acc']:.2f}%, "
+    run = Path(args.run)
+    out = Path(args.out or Path("runs") / f"inspect-{run.resolve().name}{'-best' if args.weights == 'best' else ''}")
+    result = inspect_run(run, out, args.data.root or None, args.images, args.weights)
+    print(f"{out / 'inspect.md'}: test accuracy {100 * result['test_acc']:.2f}%, "
           f"{len(result['misclassified'])} misclassified shown")
 
 

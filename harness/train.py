@@ -41,11 +41,12 @@ from harness.cli import parse_args, run_cli
 from harness.console import Progress
 from harness.data.cifar import Dataset, Split, attach_test_subset, load_dataset, random_split, select_classes
 from harness.data.loaders import Augment, build_loader, resolve_backend
-from harness.errors import UserError
+from harness.errors import UserError, agreed
 from harness.provenance import device_names, peak_memory_mb
 from harness.run import metrics
 from harness.run.directory import RunDirectory, default_run_dir
 from harness.run.stop import StopRequest
+from harness.run.tracker import wandb_importable
 from harness.training import finetune
 from harness.training.checks import check_config, check_split
 from harness.training.ema import EMA
@@ -63,11 +64,12 @@ from harness.training.whiten import bias_step_limit, init_whitening
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(C.Config, argv, prog="harness.train")
+    cfg.run.wandb = cfg.run.wandb and wandb_importable()  # without wandb: tracking off, one warning line
     accelerator = make_accelerator(cfg)  # precision and compile from the config and the launcher, into cfg
     world, device, main_proc = accelerator.num_processes, accelerator.device, accelerator.is_main_process
     check_config(cfg, world)  # every key in range before anything is written
     torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: cuDNN picks its fastest convolutions once
-    with RunDirectory(cfg, accelerator) as run:  # lock, config.yaml, provenance, tracker; leaving it tears down
+    with RunDirectory(cfg, accelerator) as run:  # lock, the recipe check on resume; leaving it tears down
         # ---- data: each rank renders its slice of every global batch of one shared plan
         data = build_data(cfg, accelerator)
 
@@ -94,9 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
         # ---- prepare (DDP, then compile) and resume
         model, optimizer = accelerator.prepare(raw_model, optimizer)
         state = TrainState()
-        if resumed := run.checkpoints.restore(cfg.train.resume, raw_model, [state, ema, lookahead]):
+        if resumed := run.start(raw_model, [state, ema, lookahead]):  # then config.yaml, provenance, tracker
             accelerator.print(f"resumed from {resumed} at epoch {state.epoch + 1}, batch {state.batch}, "
                               f"step {state.step}")
+        keep_best = functools.partial(run.save_weights, raw_model, ema.module if ema is not None else None,
+                                      which="best", model=cfg.model.name, num_classes=data.num_classes)
         # train.log_grad_norms: per-layer gradient norms, summed on the device, read at log intervals
         grad_norms = GradNorms(raw_model, run.path / "grad_norms.jsonl", main_proc) if cfg.train.log_grad_norms else None
         if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                     stop_signal = stop.signum or signal.SIGTERM
                 else:
                     state.pending_eval = False
-                    record_epoch(run, say, state, results, cfg, lr, float("nan"), None, 0.0, None)
+                    record_epoch(run, say, state, results, cfg, lr, float("nan"), None, 0.0, None, keep_best)
             while (not stop_signal and state.epoch < cfg.train.epochs and state.step < schedule.total
                    and not state.target_reached(cfg.train.target_acc)):
                 data.train_loader.set_epoch(state.epoch)
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                         state.pending_eval, stop_signal = True, stop.signum or signal.SIGTERM
                         break
                     record_epoch(run, say, state, results, cfg, lr, train_loss, train_acc, epoch_s,
-                                 state.epoch_rates[-1] if epoch_done else None)
+                                 state.epoch_rates[-1] if epoch_done else None, keep_best)
                 reached = state.target_reached(cfg.train.target_acc)
                 if finished or reached or (cfg.run.checkpoint_every and state.epoch % cfg.run.checkpoint_every == 0):
                     run.checkpoints.save(state.step)
@@ -238,9 +242,14 @@ def load_data(cfg: C.Config, accelerator) -> Dataset:
         k = 10 if cfg.data.dataset == "cifar10" else 100
         return Dataset(cfg.data.dataset, random_split(n, k, cfg.run.seed), random_split(1000, k, cfg.run.seed + 1),
                        k, [str(i) for i in range(k)], "synthetic")
-    # one process per node downloads if needed (data.root may be node-local); the others then read its files
-    with accelerator.local_main_process_first():
+    # one process per node reads first, downloading if needed (data.root may be node-local); the others then
+    # read its files. A data error on any rank stops every rank here, said once (harness.errors.agreed)
+    def read(first: bool) -> Dataset | None:  # the node's first process in the first round, the others next
+        if accelerator.is_local_main_process != first:
+            return None
         return load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.format, cfg.data.verify, cfg.data.download)
+    first, later = agreed(accelerator, lambda: read(True)), agreed(accelerator, lambda: read(False))
+    return first if first is not None else later
 
 
 def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Split | None]:
@@ -337,10 +346,14 @@ def interval_row(interval: Meter, accelerator, state: TrainState, lr: float, bat
 
 
 def record_epoch(run: RunDirectory, say, state: TrainState, results: dict, cfg: C.Config, lr: float,
-                 train_loss: float, train_acc: float | None, epoch_s: float, images_per_s: float | None) -> None:
-    """An evaluation's results: model selection and time to target (TrainState), then the epoch row
-    (metrics.jsonl, W&B, the console)."""
+                 train_loss: float, train_acc: float | None, epoch_s: float, images_per_s: float | None,
+                 keep_best) -> None:
+    """An evaluation's results: model selection and time to target (TrainState), the best epoch's weights
+    (`keep_best`), then the epoch row (metrics.jsonl, W&B, the console)."""
+    best = state.best_epoch
     state.record(results, cfg.train.target_acc)
+    if state.best_epoch != best:  # a new best on validation
+        keep_best(epoch=state.epoch, step=state.step, val_acc=results["val"]["acc"])
     row = metrics.epoch_row(state.epoch, state.step, train_loss, train_acc, results, lr, epoch_s, images_per_s,
                             state.train_s)
     run.tracker.log(row)

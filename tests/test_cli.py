@@ -18,11 +18,12 @@ from harness.inspect import InspectOptions
 from harness.models.__main__ import ModelsOptions
 from harness.report import ReportOptions
 from harness.sweep.cli import SweepOptions
+from harness.sync import SyncOptions
 
 # every entry point: `python -m <module>` and the dataclass its command line reads
 TOOLS = {"harness.train": C.Config, "harness.bench": BenchConfig, "harness.sweep": SweepOptions,
          "harness.report": ReportOptions, "harness.inspect": InspectOptions, "harness.campaign": CampaignConfig,
-         "harness.models": ModelsOptions}
+         "harness.models": ModelsOptions, "harness.sync": SyncOptions}
 
 
 def _leaves(obj, prefix=""):
@@ -139,7 +140,7 @@ def test_the_same_things_have_the_same_keys_in_every_tool():
         assert "out" in keys[module]
 
 
-@pytest.mark.parametrize("module", [m for m in TOOLS if m != "harness.models"])  # models writes no files
+@pytest.mark.parametrize("module", [m for m in TOOLS if m not in ("harness.models", "harness.sync")])  # these write no files
 def test_out_dir_is_one_flag_in_every_tool_that_writes(module):
     cls = TOOLS[module]
     key = "out" if "out" in C.leaf_keys(cls()) else "run.dir"
@@ -210,6 +211,7 @@ def _main(module):
     ("harness.campaign", ["--smoke", "out=x"], "smoke=true"),
     ("harness.campaign", ["--steps"], "steps=..."),
     ("harness.models", ["--num-classes", "100"], "num_classes=100"),
+    ("harness.sync", ["runs/r", "--dry-run"], "dry_run=true"),
 ])
 def test_every_tool_answers_a_flag_with_its_key(module, argv, meant):
     flag = next(a for a in argv if a.startswith("--")).split("=")[0]

@@ -224,6 +224,31 @@ def test_locked_run_directory_stops_the_entry_point(tmp_path, cifar_root):
     assert proc.returncode != 0 and "is in use by" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("rank, expected", [(None, "error: bad value; use another"),
+                                            (0, "error: bad value; use another"),
+                                            (1, "error (rank 1): bad value; use another")])
+def test_a_user_error_is_said_once_by_rank_0_or_by_a_rank_alone(tmp_path, rank, expected):
+    """Alone: stderr. Under torchrun's agent (an error file named): rank 0 into its error file, which the
+    agent's summary prints; another rank, when no SIGTERM from the agent came in its grace (rank 0 did not
+    meet the error), into its own, naming its rank (the grace shortened here)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import harness.errors as e\ne.RANK_GRACE_S = 0.2\n"
+            "e.report(e.UserError('bad value; use another'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_ERROR_FILE")}
+    env["PYTHONPATH"] = str(REPO)
+    if rank is not None:
+        env.update(RANK=str(rank), TORCHELASTIC_ERROR_FILE=str(tmp_path / "error.json"))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if rank is None:
+        assert proc.stderr == expected + "\n"
+    else:
+        assert proc.stderr == "" and json.loads((tmp_path / "error.json").read_text())["message"] == expected
+
+
 def test_non_finite_weights_never_become_a_checkpoint(tmp_path):
     from accelerate import Accelerator
 

@@ -1,11 +1,15 @@
 """W&B tracking, checked on real offline runs of `python -m harness.train`: the namespaced keys, the
-define_metric step axis and summaries, the run summary holding summary.json, and a resumed run continuing
-the same W&B run. An offline run keeps everything in its `run-<id>.wandb` transaction log (wandb 0.31
-writes no summary file offline), read here record by record. Also: when W&B counts as online."""
+define_metric step axis and summaries, the run summary holding summary.json, a resumed run continuing
+the same W&B run at the steps after the last one's (one history, offline too), the segments in metrics.jsonl,
+`python -m harness.sync` joining the offline starts, and training without wandb installed. An offline run
+keeps everything in its `run-<id>.wandb` transaction log (wandb 0.31 writes no summary file offline), read
+here record by record. Also: when W&B counts as online."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import sys
 import types
 from pathlib import Path
 
@@ -56,7 +60,8 @@ def read_offline_run(path: Path) -> dict:
         elif kind == "exit":
             out["exit_code"] = r.exit.exit_code
         elif kind == "history":
-            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item})
+            row = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
+            out["history"].append({**row, "_step": r.history.step.num})
         elif kind == "summary":
             for item in r.summary.update:
                 out["summary"]["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
@@ -92,9 +97,16 @@ def test_rows_use_train_val_test_perf_namespaces(two_runs):
             "test/acc", "test/loss", "perf/images_per_s", "perf/step_ms", "perf/data_ms", "perf/peak_mem_mb",
             "perf/epoch_s"} <= keys
     assert not [k for k in keys if not k.startswith(("train/", "val/", "test/", "perf/", "_"))], keys
-    # every row carries the optimiser step, matching metrics.jsonl's rows in order
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["train/global_step"] for h in rec["history"]] == [r["step"] for r in rows[:len(rec["history"])]]
+    # every row is logged at its optimiser step (W&B's _step), the rows of one step (the epoch's last step
+    # row and its epoch row) in one W&B row: metrics.jsonl's first start, step by step
+    rows = metrics.read_rows(run / "metrics.jsonl")
+    ours = rows[1:rows.index(next(r for r in rows[1:] if r["kind"] == "segment"))]
+    at = {h["_step"]: h for h in rec["history"]}
+    assert list(at) == sorted({r["step"] for r in ours}) and len(at) == len(rec["history"])
+    for r in ours:
+        for key, value in metrics.to_wandb(r).items():
+            assert at[r["step"]][key] == pytest.approx(value), (r, key)
+    assert all(h["train/global_step"] == step for step, h in at.items())
     epoch_row = next(r for r in rows if r["kind"] == "epoch")
     logged = next(h for h in rec["history"] if "val/acc" in h)
     assert logged["val/acc"] == pytest.approx(epoch_row["val_acc"])
@@ -134,19 +146,83 @@ def test_a_resumed_run_continues_the_same_wandb_run(two_runs):
     ids = {read_offline_run(p)["id"] for p in both}
     assert ids == {(run / "wandb_id").read_text().strip()}  # ... both for one run id: `wandb sync` joins them
     second = read_offline_run(both[-1] if both[0] == first[0] else both[0])
-    steps = [h["train/global_step"] for h in second["history"]]
-    assert steps and min(steps) > max(h["train/global_step"] for h in read_offline_run(first[0])["history"])
+    earlier = read_offline_run(first[0])["history"]
+    # one history: the second start's first W&B step comes after the first start's last, and W&B's step is
+    # the optimiser step in both (wandb would otherwise restart the second at _step 0)
+    assert second["history"] and second["history"][0]["_step"] > earlier[-1]["_step"]
+    assert [h["_step"] for h in earlier + second["history"]] == sorted({h["_step"] for h in earlier + second["history"]})
+    assert all(h["_step"] == h["train/global_step"] for h in earlier + second["history"])
+
+
+def test_metrics_jsonl_records_each_start_as_a_segment(two_runs):
+    run, _, _ = two_runs
+    rows = metrics.read_rows(run / "metrics.jsonl")
+    segments = [r for r in rows if r["kind"] == "segment"]
+    assert [tuple(r) for r in segments] == [metrics.SEGMENT_KEYS] * 2
+    first_end = max(r["step"] for r in rows[:rows.index(segments[1])])
+    assert [(s["segment"], s["step"]) for s in segments] == [(0, 0), (1, first_end)]  # resumed at the epoch end
+    assert segments[0]["resumed_from"] is None and segments[1]["resumed_from"].endswith(f"step-{first_end:09d}")
+    assert {s["wandb_id"] for s in segments} == {(run / "wandb_id").read_text().strip()}
+
+
+def test_only_steps_wandb_lacks_are_sent_after_a_killed_start():
+    """A start killed after logging steps 6 and 8 but before its checkpoint at 8 was written: the resumed
+    start (from step 4) re-runs 5..8; W&B run `a` has up to 8, so only rows after 8 go to it. A start that
+    logged to another W&B run (or none) does not count."""
+    rows = [metrics.segment_row([], 0, None, "a", "t0"), {"kind": "step", "step": 2}, {"kind": "step", "step": 4},
+            {"kind": "epoch", "step": 4}, {"kind": "step", "step": 6}, {"kind": "step", "step": 8}]
+    resumed = metrics.segment_row(rows, 4, Path("checkpoints/step-000000004"), "a", "t1")
+    assert (resumed["segment"], resumed["step"], resumed["resumed_from"]) == (1, 4, "checkpoints/step-000000004")
+    assert metrics.wandb_floor(rows, "a") == 8 and metrics.wandb_floor(rows, "b") == -1
+    off = rows + [metrics.segment_row(rows, 8, None, None, "t2"), {"kind": "step", "step": 10}]
+    assert metrics.wandb_floor(off, "a") == 8  # steps logged with tracking off are not in W&B
+
+
+def test_sync_uploads_every_offline_start_into_one_run_in_start_order(two_runs, tmp_path):
+    """`python -m harness.sync RUN_DIR` runs `wandb sync --id <id>` over the run's offline folders, oldest
+    first: checked with a `wandb` on PATH that records its arguments."""
+    run, _, both = two_runs
+    fake = tmp_path / "bin" / "wandb"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(tmp_path / 'argv')!r}, 'w'))\n")
+    fake.chmod(0o755)
+    proc = run_harness([str(run)], module="harness.sync", env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+    argv = json.loads((tmp_path / "argv").read_text())
+    folders = [str(p.parent) for p in both]
+    assert argv == ["sync", "--id", (run / "wandb_id").read_text().strip(), *folders]
+    assert folders == sorted(folders, key=lambda f: Path(f).name) and len(folders) == 2  # start time in the name
+    assert proc.stdout.strip().endswith(" ".join(argv))
+    nothing = run_harness([str(tmp_path)], module="harness.sync", check=False)  # not a run with W&B
+    assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "wandb_id" in nothing.stderr
+
+
+def test_training_without_wandb_installed_tracks_nothing_and_warns_once(tmp_path):
+    """The GPU image has no wandb: with it unimportable (a sitecustomize that blocks the import), training with
+    run.wandb=true (the default) runs, with tracking off and one warning line."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None  # import wandb: ImportError\n")
+    data = make_cifar(tmp_path / "data", n_train=64, n_test=32)
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).resolve().parent.parent)])}
+    proc = run_harness([*FAST, "run.wandb=true", "data.limit_train=64", f"data.root={data}", f"run.dir={run}"], env=env)
+    out = (proc.stdout + proc.stderr).replace(str(tmp_path), "TMP")  # the test's own name holds "wandb"
+    warnings = [line for line in out.splitlines() if "wandb" in line.lower() or "w&b" in line.lower()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: W&B tracking is off: wandb cannot be imported")
+    assert (run / "summary.json").is_file() and not (run / "wandb").exists() and not (run / "wandb_id").exists()
+    assert "wandb: false" in (run / "config.yaml").read_text()  # the record says what ran: tracking off
 
 
 def test_rows_and_summary_follow_the_metrics_schema(two_runs):
     run, _, _ = two_runs
     summary = json.loads((run / "summary.json").read_text())
     assert tuple(summary) == metrics.SUMMARY_KEYS  # every key, in the schema's order
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in rows} == {"step", "epoch"}
+    rows = metrics.read_rows(run / "metrics.jsonl")
+    assert {r["kind"] for r in rows} == {"segment", "step", "epoch"}
     for r in rows:  # with a validation split every key of its kind is there, and nothing else
         # (but test_subset_acc, which needs a data.test_subset file: these runs have none)
-        assert set(r) - {"kind"} == set(metrics.WANDB_KEYS[r["kind"]]) - {"test_subset_acc"}, r
+        assert set(r) == (set(metrics.SEGMENT_KEYS) if r["kind"] == "segment"
+                          else {"kind", *metrics.WANDB_KEYS[r["kind"]]} - {"test_subset_acc"}), r
     rates = [r["images_per_s"] for r in rows if r["kind"] == "epoch"]
     assert summary["train_images_per_s"] == metrics.throughput(rates) == rates[1]  # epoch 1 holds compilation
 

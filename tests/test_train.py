@@ -291,12 +291,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path, l
     good = (run / "checkpoints" / "latest").read_text()
     weights = final_weights(run)
     proc = run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "train.epochs=2",
-                               "train.resume=auto", "optim.lr=1e30", "optim.schedule=constant"], check=False)
+                               "train.resume=auto", "optim.lr=1e30", "optim.schedule=constant",
+                               "train.resume_force=true"], check=False)  # another recipe: forced
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "NaN" in proc.stderr and "optim.lr" in proc.stderr and "last good one" in proc.stderr
     assert (run / "checkpoints" / "latest").read_text() == good
     after = final_weights(run)
     assert all(np.array_equal(weights[k].numpy(), after[k].numpy()) for k in weights)
+    # the good checkpoint keeps the recipe it was written with: resuming it with that lr needs no force
+    run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}", "train.epochs=2", "train.resume=auto"])
+    assert summary(run)["epochs"] == 2
 
 
 def test_a_fresh_run_refuses_a_run_directory_with_checkpoints(tmp_path, learnable_root):

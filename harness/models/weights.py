@@ -2,9 +2,13 @@
 
     from harness.models import load_run
     model = load_run("runs/resnet18-20261123-101500")   # EMA weights when the run had EMA, ready for eval
+    best = load_run("runs/resnet18-20261123-101500", which="best")   # the best validation epoch's
 
-A finished run writes `model.safetensors` (and `ema.safetensors` with train.ema > 0) into its directory;
-each checkpoint folder holds the same canonical `model.safetensors`. Keys never carry the wrappers'
+A finished run writes `model.safetensors` (and `ema.safetensors` with train.ema > 0) into its directory:
+the last epoch's weights. With a validation split (data.val_size > 0) it also keeps `best.safetensors`
+(and `best_ema.safetensors`), the weights of the epoch with the best validation accuracy so far, rewritten
+whenever an epoch beats it (the file's metadata names its epoch, step and validation accuracy). Each
+checkpoint folder holds the same canonical `model.safetensors`. Keys never carry the wrappers'
 prefixes (`module.` from DDP, `_orig_mod.` from torch.compile): `canonical_state_dict` strips them from
 old checkpoints too, so a run resumes across changes of process count and compile setting.
 """
@@ -66,9 +70,23 @@ def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True)
     return module
 
 
-def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained model of a finished run directory, in eval mode: `ema.safetensors` when present (and
-    `ema`), else `model.safetensors`; built with the run's own `model.name` and class count."""
+WHICH = ("last", "best")
+
+
+def run_weights_file(which: str = "last", ema: bool = False) -> str:
+    """The name of a run directory's weights file: the last epoch's (model.safetensors, ema.safetensors)
+    or the best validation epoch's (best.safetensors, best_ema.safetensors)."""
+    if which not in WHICH:
+        raise UserError(f"weights={which}: choose one of {', '.join(WHICH)}")
+    return {("last", False): "model.safetensors", ("last", True): "ema.safetensors",
+            ("best", False): "best.safetensors", ("best", True): "best_ema.safetensors"}[which, ema]
+
+
+def load_run(run_dir: str | Path, *, which: str = "last", ema: bool = True,
+             device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained model of a run directory, in eval mode: `which` "last" (the finished run's last epoch) or
+    "best" (the epoch with the best validation accuracy); its EMA weights when the run had EMA (and `ema`).
+    Built with the run's own `model.name` and class count."""
     import yaml
 
     from harness.models.registry import create_model
@@ -78,12 +96,15 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
     if not cfg_file.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = yaml.safe_load(cfg_file.read_text())
-    weights = run_dir / "ema.safetensors"
+    weights = run_dir / run_weights_file(which, ema=True)
     if not (ema and weights.is_file()):
-        weights = run_dir / "model.safetensors"
+        weights = run_dir / run_weights_file(which)
+    if not weights.is_file() and which == "best":
+        raise UserError(f"{run_dir} has no best.safetensors: best weights are kept only with a validation split "
+                        f"(data.val_size > 0), from its first evaluation on; use the last weights (weights=last)")
     if not weights.is_file():
         raise UserError(f"{run_dir} has no model.safetensors: the run has not finished (resume it with "
-                        f"train.resume=auto run.dir={run_dir}), or it predates weight export")
+                        f"train.resume=auto run.dir={run_dir})")
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as f:  # the trained class count (the config may say 0: from the data)

@@ -1,7 +1,8 @@
 """Checkpoints and resume: what makes a run safe to kill (the lock is run/directory.py's, signals run/stop.py's).
 
-Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE) and `latest`,
-a one-line pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
+Layout: `checkpoints/step-NNNNNNNNN/` (accelerate save_state folders, each marked COMPLETE, each with the
+config.yaml of the start that wrote it: the recipe a resume is checked against) and `latest`, a one-line
+pointer. A checkpoint is written to a hidden temporary folder, every file fsync'd, marked
 COMPLETE (fsync'd), renamed into place, and only then is `latest` replaced (write + fsync + os.replace):
 a kill or a power loss at any moment leaves the previous checkpoint and `latest` intact. Weights that
 are not finite are never written: the last good checkpoint stays the one `latest` names.
@@ -11,6 +12,10 @@ The model's weights in a checkpoint are its own state dict (`model.safetensors`,
 wrapped model, and loaded back into the raw model by a load hook: a run resumes across changes of the
 number of processes and of the compile setting. Optimiser, RNG states and registered objects (TrainState,
 EMA) are accelerate's.
+
+Resuming loads into what this run built: a checkpoint whose optimiser state does not fit the optimiser (another
+optim.name or other parameter groups, possible only under train.resume_force) stops with one line, not
+torch's traceback.
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ from harness.errors import UserError
 from harness.models.weights import load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
 
 
-def _fsync_dir(path) -> None:
+def fsync_dir(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -40,10 +46,10 @@ def _fsync_tree(path: Path) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
-def _write_durable(path: Path, text: str) -> None:
+def write_durable(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -63,10 +69,11 @@ def weights_finite(model: torch.nn.Module) -> bool:
 class Checkpoints:
     """Atomic checkpoints under `<run dir>/checkpoints/`. Call save/latest on every rank."""
 
-    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
+    def __init__(self, run_dir: Path, accelerator, keep: int = 2, config_yaml: str = ""):
         self.dir = run_dir / "checkpoints"
         self.acc = accelerator
         self.keep = max(1, keep)
+        self.config_yaml = config_yaml  # written into every checkpoint
         self.model = None
 
     def attach(self, raw_model: torch.nn.Module) -> None:
@@ -85,17 +92,26 @@ class Checkpoints:
         self.acc.register_save_state_pre_hook(save_hook)
         self.acc.register_load_state_pre_hook(load_hook)
 
-    def restore(self, resume: str, raw_model: torch.nn.Module, objects) -> Path | None:
+    def restore(self, path: Path | None, raw_model: torch.nn.Module, objects) -> Path | None:
         """Make every save hold `raw_model` (`attach`) and `objects` (TrainState, EMA, Lookahead: anything with
-        state_dict/load_state_dict; None skipped), then load train.resume's checkpoint, if any, into all of
-        them and the optimiser and RNG states. Returns the checkpoint loaded, or None."""
+        state_dict/load_state_dict; None skipped), then load the checkpoint `path` (train.resume's, resolved
+        by `resolve_resume`), if any, into all of them and the optimiser and RNG states. Returns `path`."""
         self.attach(raw_model)
         for obj in objects:
             if obj is not None:
                 self.acc.register_for_checkpointing(obj)
-        path = resolve_resume(resume, self)
         if path is not None:
-            self.acc.load_state(str(path))
+            try:
+                self.acc.load_state(str(path))
+            except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+                # torch's optimisers check little when loading: SGD's state in AdamW is a KeyError ('step')
+                # from Adam.__setstate__, other groups a ValueError; the same on every rank
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"checkpoint {path} does not fit this run's optimiser or objects ({type(e).__name__}: "
+                    f"{first}): it was written by another optim.name or other parameter groups. Resume with "
+                    f"the recipe it was written with ({path.parent.parent / 'config.yaml'}), or start a new "
+                    f"run.dir from its weights with model.init_from={path.parent.parent}") from None
         return path
 
     def _complete(self, path: Path) -> bool:
@@ -127,17 +143,23 @@ class Checkpoints:
         acc.save_state(str(tmp))  # weights (our hook), optimizer, RNG states per rank, registered objects
         acc.wait_for_everyone()
         if acc.is_main_process:
+            (tmp / CONFIG).write_text(self.config_yaml)
             _fsync_tree(tmp)
-            _write_durable(tmp / "COMPLETE", f"{step}\n")
+            write_durable(tmp / "COMPLETE", f"{step}\n")
             if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _write_durable(self.dir / "latest", final.name + "\n")
-            _fsync_dir(self.dir)  # the rename and the new pointer themselves
+            write_durable(self.dir / "latest", final.name + "\n")
+            fsync_dir(self.dir)  # the rename and the new pointer themselves
             for old in sorted(p for p in self.dir.glob("step-*") if p != final)[: -self.keep + 1 or None]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimiser step a complete checkpoint was written at (its COMPLETE marker holds it)."""
+    return int((path / "COMPLETE").read_text().split()[0])
 
 
 def resolve_resume(resume: str, checkpoints: Checkpoints) -> Path | None:

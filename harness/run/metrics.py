@@ -1,6 +1,9 @@
 """The metrics schema: every row and summary key a run writes, its W&B name, and the one median.
 
-A run writes three kinds of record, each built here and nowhere else:
+A run writes four kinds of record, each built here and nowhere else:
+  * segment rows (metrics.jsonl, kind "segment", one at every start of the run): where that start begins
+    (`segment_row`); rows after it at steps an earlier start had reached are the resumed start's re-run
+    of those steps from its checkpoint (tracker.py);
   * step rows (metrics.jsonl, kind "step", every run.log_every optimiser steps): interval means over those
     steps (`step_row`);
   * epoch rows (kind "epoch", after each evaluation): whole-epoch values and the evaluation (`epoch_row`);
@@ -16,6 +19,7 @@ from the epoch rows of a run whose summary lacks it.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -33,6 +37,9 @@ EPOCH_KEYS = {"epoch": "train/epoch", "step": "train/global_step", "train_loss":
               "val_acc": "val/acc", "val_loss": "val/loss", "val_top5": "val/top5",  # val_*: with a validation split
               "test_subset_acc": "test/subset_acc"}  # with data.test_subset
 WANDB_KEYS = {"step": STEP_KEYS, "epoch": EPOCH_KEYS}
+# a segment row's keys (never sent to W&B): its number (0 for the first start), the optimiser step it starts
+# from, the checkpoint it resumed (None: a fresh start), its W&B run id (None: tracking off), its UTC time
+SEGMENT_KEYS = ("kind", "segment", "step", "resumed_from", "wandb_id", "started_utc")
 
 # summary.json's keys, in order; the W&B run summary holds every one of them under the same name
 SUMMARY_KEYS = (
@@ -54,6 +61,7 @@ SUMMARY_KEYS = (
     "precision", "channels_last", "compile", "backend", "device", "peak_mem_mb",
     "param_checksums",  # one per rank: DDP's invariant, every rank ends with the same weights
     "weights",  # the file the run's weights are in: model.safetensors, or ema.safetensors with EMA
+    "best_weights",  # the best validation epoch's (best_val_epoch): best.safetensors / best_ema.safetensors; None without validation
 )
 
 # W&B summary aggregates: validation picks the model (its best is what a sweep compares); test is reported
@@ -102,6 +110,39 @@ def from_wandb(kind: str, row: dict) -> dict:
     return {names[k]: v for k, v in row.items() if k in names}
 
 
+def read_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows in order ([] when there is none); a last line cut short by a kill is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def segment_row(earlier: list[dict], step: int, resumed_from: Path | None, wandb_id: str | None,
+                started_utc: str) -> dict:
+    """The row that opens a start of the run, after the rows `earlier` starts wrote."""
+    count = sum(r.get("kind") == "segment" for r in earlier)
+    return dict(zip(SEGMENT_KEYS, ("segment", count, step, str(resumed_from) if resumed_from else None, wandb_id,
+                                   started_utc)))
+
+
+def wandb_floor(rows: list[dict], wandb_id: str) -> int:
+    """The last optimiser step W&B run `wandb_id` already has from earlier starts (-1: none): the highest step
+    of a row written by a segment that logged to that run."""
+    floor, logged = -1, False
+    for r in rows:
+        if r.get("kind") == "segment":
+            logged = r.get("wandb_id") == wandb_id
+        elif logged and isinstance(r.get("step"), int):
+            floor = max(floor, r["step"])
+    return floor
+
+
 def step_row(step: int, epoch: float, loss: float, train_acc: float, lr: float, images: int, seconds: float,
              steps: int, data_s: float, world: int, peak_mem_mb: float, time_s: float) -> dict:
     """A step row: the interval of `steps` optimiser steps that saw `images` images in `seconds`."""
@@ -144,6 +185,7 @@ def summary(cfg, state, results: dict, *, dataset: str, classes: list[str], fact
     """summary.json: `cfg` the run's config, `state` its loop state (best validation, clocks, epoch rates),
     `results` its last evaluation (harness.training.evaluate's dicts), `facts` the model's params and GFLOPs,
     `setup_s` the whitening time, `test_subset` the file data.test_subset's indices came from ("": none)."""
+    from harness.models.weights import run_weights_file  # lazily: the schema's readers need no model zoo
     from harness.stats import proportion_interval
 
     rate = throughput(state.epoch_rates)
@@ -172,7 +214,8 @@ def summary(cfg, state, results: dict, *, dataset: str, classes: list[str], fact
         "target_acc": cfg.train.target_acc or None, "time_to_target_s": state.time_to_target_s,
         "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
         "backend": backend, "device": device, "peak_mem_mb": peak_mem_mb,
-        "param_checksums": checksums, "weights": "ema.safetensors" if ema else "model.safetensors",
+        "param_checksums": checksums, "weights": run_weights_file("last", ema),
+        "best_weights": run_weights_file("best", ema) if state.best_epoch >= 0 else None,
     }
 
 

@@ -76,7 +76,7 @@ class Run:
         saved = self.dir / "config.yaml"
         if not saved.is_file():
             return None
-        old, new = flatten(yaml.safe_load(saved.read_text()) or {}), flatten(self.resolved)
+        old, new = C.flatten(yaml.safe_load(saved.read_text()) or {}), C.flatten(self.resolved)
         keys = [k for k in sorted(set(old) | set(new)) if k != "train.resume" and old.get(k) != new.get(k)]
         if not keys:
             return None
@@ -94,18 +94,6 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
     sweep.name = sweep.name or Path(path).stem
     sweep.out = out or sweep.out or f"runs/sweeps/{sweep.name}"
     return sweep
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """{train: {epochs: 1}} -> {"train.epochs": 1}: fixed overrides may be written either way."""
-    flat = {}
-    for key, value in data.items():
-        key = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, key + "."))
-        else:
-            flat[key] = value
-    return flat
 
 
 def _sample(rng: random.Random, key: str, spec) -> Any:
@@ -201,7 +189,7 @@ def expand(sweep: Sweep, cli_overrides: list[str] | None = None) -> list[Run]:
     from harness.models import list_models
     from harness.training.checks import check_config  # the trainer's own checks (batch divisible by processes, ...)
 
-    fixed = flatten(sweep.overrides)
+    fixed = C.flatten(sweep.overrides)
     for text in cli_overrides or []:
         key, value = C.parse_override(text)
         fixed[key] = value

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from harness import config as C
-from harness.sweep.spec import LAUNCH_KEYS, Run, Sweep, flatten, repo_path
+from harness.sweep.spec import LAUNCH_KEYS, Run, Sweep, repo_path
 
 METRIC = {"name": "best_val_acc", "goal": "maximize"}
 
@@ -26,7 +26,7 @@ def wandb_definition(sweep: Sweep, runs: list[Run], keys: list[str]) -> dict:
         raise C.ConfigError(f"sweep {sweep.name}: the wandb launcher starts every run the same way; it cannot "
                             f"vary gpus (use launcher=local or launcher=slurm)")
     gpus = gpus.pop()
-    fixed = flatten(sweep.overrides)
+    fixed = C.flatten(sweep.overrides)
     params: dict[str, dict] = {}
     for key, value in fixed.items():
         if key not in LAUNCH_KEYS:
