@@ -196,21 +196,52 @@ def test_sync_uploads_every_offline_start_into_one_run_in_start_order(two_runs, 
     assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "wandb_id" in nothing.stderr
 
 
-def test_training_without_wandb_installed_tracks_nothing_and_warns_once(tmp_path):
-    """The GPU image has no wandb: with it unimportable (a sitecustomize that blocks the import), training with
-    run.wandb=true (the default) runs, with tracking off and one warning line."""
+def wandb_hidden(tmp_path: Path) -> dict:
+    """The environment of a subprocess in which `import wandb` fails, as on the GPU image (a sitecustomize
+    that blocks the import)."""
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None  # import wandb: ImportError\n")
+    return {"PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).resolve().parent.parent)])}
+
+
+def wandb_lines(proc, tmp_path: Path) -> list[str]:
+    """Lines that speak of W&B, but for a bench report's header lines ("- command: ... run.wandb=true",
+    "- versions: ... wandb 0.31.0": installed, only not importable)."""
+    out = (proc.stdout + proc.stderr).replace(str(tmp_path), "TMP")  # the test's own name holds "wandb"
+    return [line for line in out.splitlines()
+            if ("wandb" in line.lower() or "w&b" in line.lower()) and not line.startswith("- ")]
+
+
+def test_training_without_wandb_installed_tracks_nothing_and_warns_once(tmp_path):
+    """The GPU image has no wandb: with it unimportable, training with run.wandb=true (the default) runs,
+    with tracking off and one warning line."""
+    env = wandb_hidden(tmp_path)
     data = make_cifar(tmp_path / "data", n_train=64, n_test=32)
     run = tmp_path / "run"
-    env = {"PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).resolve().parent.parent)])}
     proc = run_harness([*FAST, "run.wandb=true", "data.limit_train=64", f"data.root={data}", f"run.dir={run}"], env=env)
-    out = (proc.stdout + proc.stderr).replace(str(tmp_path), "TMP")  # the test's own name holds "wandb"
-    warnings = [line for line in out.splitlines() if "wandb" in line.lower() or "w&b" in line.lower()]
+    warnings = wandb_lines(proc, tmp_path)
     assert len(warnings) == 1 and warnings[0].startswith("warning: W&B tracking is off: wandb cannot be imported")
     assert (run / "summary.json").is_file() and not (run / "wandb").exists() and not (run / "wandb_id").exists()
     assert "wandb: false" in (run / "config.yaml").read_text()  # the record says what ran: tracking off
+
+
+def test_bench_and_campaign_without_wandb_installed_run_and_warn_at_most_once(tmp_path):
+    """The same for the benchmark (run.wandb=true, its default: one warning, results written) and the
+    campaign (its steps never track: no warning, and its plan and steps need no wandb)."""
+    env = wandb_hidden(tmp_path)
+    out = tmp_path / "bench"
+    proc = run_harness(["model.name=lenet5", "batch_sizes=4", "precision=fp32", "mode=infer", "compile=false",
+                        "steps=1", "warmup=0", "repeats=1", "run.wandb=true", "run.progress=false", f"out={out}"],
+                       module="harness.bench", env=env)
+    warnings = wandb_lines(proc, tmp_path)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: W&B tracking is off: wandb cannot be imported")
+    assert (out / "bench.csv").is_file() and not (out / "wandb").exists()
+    plan = run_harness(["plan=true", "gpu=H200"], module="harness.campaign", env=env)
+    assert "speed94" in plan.stdout and not wandb_lines(plan, tmp_path)
+    from harness.campaign.steps import STEPS
+
+    assert all("run.wandb=false" in step.args for step in STEPS if step.module in ("harness.bench", "harness.train"))
 
 
 def test_rows_and_summary_follow_the_metrics_schema(two_runs):

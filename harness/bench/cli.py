@@ -64,7 +64,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     from harness.bench.specs import group_specs
     from harness.console import Progress
     from harness.provenance import device_names, provenance
-    from harness.run.tracker import wandb_mode
+    from harness.run.tracker import wandb_importable, wandb_mode
     from harness.tables import write_json
 
     specs = sweep_specs(cfg) + ladder_specs(cfg)  # every name checked before anything runs
@@ -89,7 +89,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     progress = Progress(len(specs), desc="bench", unit="row", show=main_proc and cfg.run.progress, every_s=0)
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.run.wandb:
+        if cfg.run.wandb and wandb_importable():  # the GPU image may have no wandb: one warning, no tracking
             import wandb
 
             run = wandb.init(project=cfg.run.wandb_project, dir=str(out), mode=wandb_mode(), name=out.name + suffix,

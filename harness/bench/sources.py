@@ -20,8 +20,8 @@ def load_images(data: BenchData) -> tuple[np.ndarray, np.ndarray, str]:
     except DataError:
         split = random_split(data.limit_train or 50000)
         images, labels = split.images, split.labels
-        source = (f"RANDOM images (CIFAR-10 files missing under {data.root}; make them with "
-                  f"`python ../shared/tools/cifar10_pack.py unpack --out {data.root}`)")
+        source = (f"RANDOM images (CIFAR-10 files missing under {data.root}; `make data` puts them in data/, "
+                  f"or point data.root at them)")
     if data.limit_train:
         images, labels = images[: data.limit_train], labels[: data.limit_train]
     return images, labels, f"{source}, {len(labels)} images"

@@ -96,8 +96,8 @@ def _where_to_put(dataset: str, root: Path) -> str:
     return (
         f"Put the python version in {root / py['dir']}/ (files {', '.join(n for n, _ in py['train'] + py['test'])}, "
         f"{py['meta']['filename']}; from {cls.url}) or the binary version in {root / b['dir']}/ "
-        f"(files {', '.join(b['train'] + b['test'])}), or set data.root to the folder that holds them. "
-        f"On this project's machines: python ../shared/tools/cifar10_pack.py unpack --out {root}"
+        f"(files {', '.join(b['train'] + b['test'])}), or set data.root to the folder that holds them, "
+        f"or let the harness download them (data.download=true, online). `make data` does either for data/."
     )
 
 
