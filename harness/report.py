@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from harness import sanity, tables
+from harness.run import metrics
 from harness.cli import parse_args, run_cli
 from harness.errors import UserError
 from harness.stats import ACCURACY, format_median, summarize
@@ -154,13 +155,19 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
     return rec
 
 
+def run_rows(path: Path) -> list[dict]:
+    """A run directory's metrics.jsonl as the run stands: rows a resumed start trained again replace the
+    earlier start's (harness.run.metrics.current_rows)."""
+    return metrics.current_rows(metrics.read_rows(path / "metrics.jsonl"))
+
+
 def read_run(path: Path, root: Path) -> dict:
     summary = _json(path / "summary.json")
     try:
         cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     except yaml.YAMLError:
         cfg = {}
-    epochs = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") == "epoch"]
+    epochs = [r for r in run_rows(path) if r.get("kind") == "epoch"]
     rel = path.relative_to(root).as_posix() if path != root else path.name
     rec = run_record(rel, str(path), summary, cfg or {}, epochs, _json(path / "provenance.json"))
     if not summary:
@@ -197,7 +204,6 @@ def record_from_wandb(run, project: str) -> dict:
     crashed or is still running) gets it from its history where it can: world size = step images/s over
     images/s per device, images/s = the schema's median epoch rate, training time = the last epoch row's."""
     from harness.models import model_facts
-    from harness.run import metrics
 
     cfg = dict(run.config)
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
@@ -619,7 +625,7 @@ def plot_train_loss(groups: list[dict], path: Path) -> bool:
     for g in groups:
         per_epoch: dict[int, list[float]] = {}
         for r in g["records"]:
-            for row in read_jsonl(Path(r["source"]) / "metrics.jsonl"):
+            for row in run_rows(Path(r["source"])):
                 if row.get("kind") == "epoch" and row.get("train_loss") is not None:
                     per_epoch.setdefault(row["epoch"], []).append(row["train_loss"])
         if not per_epoch:
@@ -720,18 +726,18 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
 @dataclass
 class ReportOptions:
     runs: str = ""  # a folder of run directories, searched at any depth (the bare word on the command line)
-    out: str = ""  # where report.md, the CSVs and the PNGs go (required)
+    out: str = ""  # where report.md, the CSVs and the PNGs go ("": runs/report-<UTC time>)
     wandb_project: str = ""  # also read runs from this W&B project (ENTITY/PROJECT or PROJECT)
     wandb_group: str = ""  # only the W&B runs of this group (a sweep's name)
 
 
-REPORT_USAGE = "python -m harness.report [RUNS_DIR] out=DIR [wandb_project=P [wandb_group=G]]"
+REPORT_USAGE = "python -m harness.report [RUNS_DIR] [out=DIR] [wandb_project=P [wandb_group=G]]"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(ReportOptions, argv, prog="python -m harness.report", usage=REPORT_USAGE, positional="runs")
-    if not args.out:
-        raise UserError(f"out=DIR is required: where report.md, the CSVs and the PNGs go; usage: {REPORT_USAGE}")
+    if not args.out:  # under runs/ (ignored by git), never into the source tree
+        args.out = str(Path("runs") / f"report-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}")
     if not args.runs and not args.wandb_project:
         raise UserError("name a folder of run directories, or wandb_project=P, or both")
     records, sources = [], []

@@ -238,7 +238,8 @@ def test_every_tool_writes_under_runs_by_default_in_a_fresh_clone(clone, tmp_pat
     assert (run / "summary.json").is_file() and (run / "best.safetensors").is_file()
     in_clone(clone, "harness.inspect", [str(run.relative_to(clone)), "images=1"])
     assert (clone / "runs" / f"inspect-{run.name}" / "inspect.md").is_file()
-    in_clone(clone, "harness.report", ["runs", "out=runs/report"])  # the report takes its out= always
+    in_clone(clone, "harness.report", ["runs"])
+    assert list((clone / "runs").glob("report-*/report.md"))
     in_clone(clone, "harness.bench", ["suite=ddp", "model.name=lenet5", "batch_sizes=2", "steps=1", "warmup=0",
                                       "repeats=1", "run.progress=false"])
     assert list((clone / "runs").glob("bench-*/ddp_overhead.json"))

@@ -182,17 +182,20 @@ def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     S.main([str(with_val), "launcher=wandb"])
     assert "no validation set" not in capsys.readouterr().err
     # what an agent runs for the first grid point: W&B's own substitution (f"{name}={value}" per parameter,
-    # ${env} -> /usr/bin/env), with a stand-in `python` that prints its arguments
+    # ${env} -> /usr/bin/env), with a stand-in `accelerate` that prints its arguments: the agent launches
+    # every run as the local and Slurm launchers do (accelerate launch, 1 process included, fixed threads)
     agent_args = [f"{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in spec["parameters"].items()]
     cmd = [part for c in spec["command"]
            for part in {"${env}": ["/usr/bin/env"], "${args_no_hyphens}": agent_args}.get(c, [c])]
     (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "python").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
-    (tmp_path / "bin" / "python").chmod(0o755)
+    (tmp_path / "bin" / "accelerate").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "bin" / "accelerate").chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "WANDB_RUN_ID": "abc123"}
     argv = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert argv[:2] == ["-m", "harness.train"]
-    cfg = parse_args(C.Config, argv[2:])
+    script = argv.index("harness/train.py")
+    assert argv[0] == "launch" and argv[argv.index("--num_processes") + 1] == "1"
+    assert int(argv[argv.index("--num_cpu_threads_per_process") + 1]) >= 1
+    cfg = parse_args(C.Config, argv[script + 1:])
     assert cfg.run.dir == f"{tmp_path}/out/abc123" and cfg.run.wandb is True and cfg.run.wandb_group == "t"
     assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs) == ("simple_cnn", 0.1, 2)
     random = write_sweep(tmp_path, {"random": {"samples": 5, "space": {"optim.lr": {"min": 0.01, "max": 0.3,

@@ -178,6 +178,21 @@ def test_only_steps_wandb_lacks_are_sent_after_a_killed_start():
     assert metrics.wandb_floor(off, "a") == 8  # steps logged with tracking off are not in W&B
 
 
+def test_the_record_as_it_stands_takes_the_resumed_starts_rows():
+    """metrics.jsonl is append-only: the rows a killed start wrote after its last checkpoint (steps 6, 8) stay
+    in the file, but the run as it stands is the resumed start's (from step 4); an evaluation cut short and
+    redone at one step counts once, the later one."""
+    rows = [metrics.segment_row([], 0, None, "a", "t0"), {"kind": "step", "step": 2}, {"kind": "epoch", "step": 4},
+            {"kind": "step", "step": 6, "loss": 1.0}, {"kind": "step", "step": 8, "loss": 1.0}]
+    rows += [metrics.segment_row(rows, 4, Path("checkpoints/step-000000004"), "a", "t1"),
+             {"kind": "step", "step": 6, "loss": 0.5}, {"kind": "step", "step": 8, "loss": 0.5},
+             {"kind": "epoch", "step": 8, "test_acc": 0.1}, {"kind": "epoch", "step": 8, "test_acc": 0.2}]
+    now = metrics.current_rows(rows)
+    assert [(r["kind"], r["step"]) for r in now] == [("segment", 0), ("step", 2), ("epoch", 4), ("segment", 4),
+                                                     ("step", 6), ("step", 8), ("epoch", 8)]
+    assert [r.get("loss") for r in now if r["kind"] == "step"][1:] == [0.5, 0.5] and now[-1]["test_acc"] == 0.2
+
+
 def test_sync_uploads_every_offline_start_into_one_run_in_start_order(two_runs, tmp_path):
     """`python -m harness.sync RUN_DIR` runs `wandb sync --id <id>` over the run's offline folders, oldest
     first: checked with a `wandb` on PATH that records its arguments."""

@@ -123,6 +123,21 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def current_rows(rows: list[dict]) -> list[dict]:
+    """The run's record as it stands, from metrics.jsonl's append-only rows: a start that resumed from step s
+    trains the steps after s again, so the rows an earlier start wrote after s are superseded by the new
+    ones (they were appended, never rewritten: the file keeps both), and of two rows of one kind at one step
+    (an evaluation cut short by a signal and redone) the later counts. Segment rows are kept."""
+    out: list[dict] = []
+    for r in rows:
+        if r.get("kind") == "segment" and isinstance(r.get("step"), int):
+            out = [x for x in out if x.get("kind") == "segment" or not x.get("step", 0) > r["step"]]
+        elif r.get("kind") in ("step", "epoch"):
+            out = [x for x in out if (x.get("kind"), x.get("step")) != (r["kind"], r.get("step"))]
+        out.append(r)
+    return out
+
+
 def segment_row(earlier: list[dict], step: int, resumed_from: Path | None, wandb_id: str | None,
                 started_utc: str) -> dict:
     """The row that opens a start of the run, after the rows `earlier` starts wrote."""

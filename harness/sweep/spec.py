@@ -253,14 +253,19 @@ def sweep_threads(sweep: Sweep, pts: list[dict], fixed: dict) -> int:
     return default_threads("cuda" if torch.cuda.is_available() else "cpu", most)
 
 
-def train_command(run: Run, accelerate: str, gpu: bool) -> list[str]:
+def launch_command(processes: int, threads: int, accelerate: str, gpu: bool) -> list[str]:
     """`accelerate launch --num_processes k` for every run, k = 1 included, on this node with a free port
     (--main_process_port 0, so concurrent runs on one machine do not collide) and the sweep's threads per
-    process: every run of a scaling sweep starts the same way. (A 1-process run started with `python -m
-    harness.train` got torch's default threads while accelerate gave each of 2 processes one: on the
-    2-core CPU that made a 2-process lenet5 run '2042% efficient'.)"""
-    recipe = ["--config", run.config] if run.config else []
+    process: every run of a scaling sweep starts the same way, whatever launcher (local, Slurm, W&B agent)
+    starts it. (A 1-process run started with `python -m harness.train` got torch's default threads while
+    accelerate gave each of 2 processes one: on the 2-core CPU that made a 2-process lenet5 run '2042%
+    efficient'.)"""
     topology = "launch/accelerate/node_8gpu.yaml" if gpu else "launch/accelerate/cpu_ddp.yaml"
-    return [accelerate, "launch", "--config_file", topology, "--num_processes", str(run.gpus),
-            "--num_cpu_threads_per_process", str(run.threads), "--main_process_port", "0", "harness/train.py",
-            *recipe, *run.overrides]
+    return [accelerate, "launch", "--config_file", topology, "--num_processes", str(processes),
+            "--num_cpu_threads_per_process", str(threads), "--main_process_port", "0", "harness/train.py"]
+
+
+def train_command(run: Run, accelerate: str, gpu: bool) -> list[str]:
+    """The command line of one run: `launch_command` + its recipe and overrides."""
+    recipe = ["--config", run.config] if run.config else []
+    return [*launch_command(run.gpus, run.threads, accelerate, gpu), *recipe, *run.overrides]

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from harness import config as C
-from harness.sweep.spec import LAUNCH_KEYS, Run, Sweep, repo_path
+from harness.sweep.spec import LAUNCH_KEYS, Run, Sweep, launch_command, repo_path
 
 METRIC = {"name": "best_val_acc", "goal": "maximize"}
 
@@ -59,9 +59,9 @@ def wandb_definition(sweep: Sweep, runs: list[Run], keys: list[str]) -> dict:
     params["run.wandb"] = {"value": True}
     params.setdefault("run.wandb_group", {"value": sweep.name})
     recipe = f"--config {shlex.quote(sweep.config and repo_path(sweep.config))} " if sweep.config else ""
-    launch = ("python -m harness.train" if gpus == 1 else
-              f"accelerate launch --config_file launch/accelerate/node_8gpu.yaml --num_processes {gpus} "
-              f"--main_process_port 0 harness/train.py")
+    # the agent starts every run as the local and Slurm launchers do (accelerate launch, k = 1 included, the
+    # sweep's threads per process): a W&B sweep's throughput figures compare like with like too
+    launch = shlex.join(launch_command(gpus, runs[0].threads, "accelerate", gpu=True))
     out = shlex.quote(repo_path(sweep.out))
     script = f'exec {launch} {recipe}"$@" run.dir={out}/"$WANDB_RUN_ID"'
     spec = {"name": sweep.name, "program": "harness/train.py", "method": "grid" if sweep.grid else "random",
