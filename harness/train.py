@@ -275,8 +275,7 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
     common = dict(rank=rank, world=world, seed=cfg.run.seed, device=device, dtype=dtype,
                   channels_last=cfg.train.channels_last)
-    augment = Augment(enabled=cfg.data.augment, padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                      cutout=cfg.data.cutout, flip_mode=cfg.data.flip_mode, pad_mode=cfg.data.pad_mode)
+    augment = Augment.from_config(cfg.data)  # every data.* augmentation option, mixing included
     per_rank_batch = cfg.train.batch_size // world
     train_loader = build_loader(backend, train.images, train.labels, per_rank_batch, train=True,
                                 drop_last=cfg.data.drop_last, augment=augment, num_classes=num_classes,
@@ -299,7 +298,7 @@ def build_model(cfg: C.Config, num_classes: int, device, world: int) -> torch.nn
     from harness.models import create_model
 
     set_seed(cfg.run.seed)
-    model = create_model(cfg.model.name, num_classes=num_classes).to(device)
+    model = create_model(cfg.model.name, num_classes=num_classes, drop_path=cfg.model.drop_path).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and world > 1:

@@ -1,25 +1,35 @@
 """The regularisation options of issue 22, each tested by its effect: RandAugment (harness/data/
 randaugment.py), random erasing and mixup/cutmix (harness/data/interface.py, mix.py) in both backends,
-and stochastic depth (`model.drop_path`, harness/models/). The world-size and resume tests of every
-option are in tests/test_loaders.py (ALL_OPTIONS)."""
+stochastic depth (`model.drop_path`, harness/models/), soft targets through the loss and the training
+accuracy under mixing (harness/training/step.py), the config reaching the loaders and the model
+(harness/train.py), and the recipe configs/convnext_cifar.yaml end to end. The loaders' world-size and
+resume tests of every option are in tests/test_loaders.py (ALL_OPTIONS); training's, in tests/test_ddp.py
+(1 against 2 processes, drop-path's per-rank masks) and tests/test_train.py (resume exactness)."""
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import FAST, REPO, make_cifar, run_harness
 from test_loaders import BACKENDS, DEVICE, make, to_pixels
 from test_models import SEED_PARAMS
 from torch import nn
 from torchvision.ops import StochasticDepth
 from torchvision.transforms.v2 import InterpolationMode, RandAugment
 
+from harness import config as C
 from harness.data import randaugment
 from harness.data.cifar import random_split
 from harness.data.interface import ERASE_RATIO, ERASE_SCALE, Augment, make_plan
 from harness.errors import UserError
 from harness.models import count_params, create_model, drop_path_models, list_models
+from harness.training.checks import check_config
+from harness.training.step import cross_entropy, hard_labels, train_step
 
 
 @pytest.fixture(scope="module")
@@ -434,3 +444,177 @@ def test_drop_path_compiles_without_graph_breaks():
     model = create_model("resnet18", drop_path=0.2).train()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_drop_path_reaches_the_model_from_the_config():
+    """model.drop_path goes through harness/train.py's build_model to create_model; unset, the model is the
+    default one (no stochastic depth), built from the same initial weights."""
+    from accelerate import Accelerator
+
+    from harness.train import build_model
+
+    acc = Accelerator(cpu=True)
+    built = {}
+    for rate in (None, 0.2):
+        cfg = C.apply_overrides(C.Config(), ["model.name=resnet18", "train.channels_last=false"]
+                                + ([f"model.drop_path={rate}"] if rate is not None else []))
+        built[rate] = build_model(cfg, 10, acc.device, 1)
+    assert not _drop_modules(built[None])
+    rates = [m.p for m in _drop_modules(built[0.2])]
+    assert rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+    # stochastic depth draws nothing at construction: the same seed gives the same weights
+    a, b = (m.state_dict() for m in built.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_options_are_refused_before_the_run_directory_exists(tmp_path):
+    """check_config asks Augment and create_model, the code that owns each rule: one line, nothing written."""
+    for overrides, words in ((["data.mixup=-1"], "data.mixup=-1.0"), (["data.randaugment=rand-m40"], "data.randaugment"),
+                             (["model.name=plainnet18", "model.drop_path=0.1"], "model.drop_path=0.1: plainnet18")):
+        with pytest.raises(UserError, match=words):
+            check_config(C.apply_overrides(C.Config(), overrides), 1)
+    run = tmp_path / "run"
+    proc = run_harness(FAST + [f"run.dir={run}", "model.name=vgg16", "model.drop_path=0.2"], check=False)
+    assert proc.returncode == 2 and "model.drop_path=0.2: vgg16 has no stochastic depth" in proc.stderr
+    assert not run.exists()
+
+
+# -- the config reaches the loaders ----------------------------------------------------------------------
+
+
+def test_augment_from_config_reads_every_option():
+    """Every Augment field comes from the data config (so an option added to both reaches every loader a
+    config builds): each set here to a value other than its default, and read back."""
+    values = dict(augment=False, crop_padding=2, flip=False, cutout=8, flip_mode="alternate", pad_mode="reflect",
+                  mixup=0.8, cutmix=1.0, mix_switch_prob=0.3, mix_stop_epoch=5, randaugment="rand-m7-n3",
+                  random_erasing=0.25)
+    data = C.DataConfig(**values)
+    augment = Augment.from_config(data)
+    default = Augment()
+    for f in fields(Augment):
+        key = Augment.CONFIG_KEYS.get(f.name, f.name)
+        assert key in values, f"the test sets no value for {f.name}"
+        assert getattr(augment, f.name) == values[key] != getattr(default, f.name), f.name
+    with pytest.raises(UserError, match="data.random_erasing=2.0"):
+        Augment.from_config(C.DataConfig(random_erasing=2.0))
+
+
+# -- soft targets through the loss -----------------------------------------------------------------------
+
+
+def _mixed(y: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor, k: int) -> torch.Tensor:
+    """Soft targets as the loader makes them (mix.mix_targets' formula, written out)."""
+    onehot = lambda t: nn.functional.one_hot(t, k).float()  # noqa: E731
+    return lam[:, None] * onehot(y) + (1 - lam[:, None]) * onehot(y2)
+
+
+def _soft_targets(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random labels, partners' labels, weights and their mixed targets."""
+    y, y2 = torch.randint(0, k, (n,), generator=g), torch.randint(0, k, (n,), generator=g)
+    lam = torch.rand(n, generator=g)
+    return y, y2, lam, _mixed(y, y2, lam, k)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_soft_target_loss_is_the_formula(eps):
+    """The loss of mixed targets with label smoothing eps is timm's SoftTargetCrossEntropy on its
+    mixup_target(smoothing=eps): each one-hot smoothed ((1 - eps) onehot + eps / C), then mixed; and its
+    gradient is (softmax - target) / B."""
+    k, n = 10, 64
+    g = torch.Generator().manual_seed(3)
+    y, y2, lam, t = _soft_targets(n, k, g)
+    logits = (3 * torch.randn(n, k, generator=g)).requires_grad_()
+    loss = cross_entropy(eps)(logits, t)
+    smooth = lambda labels: nn.functional.one_hot(labels, k).float() * (1 - eps) + eps / k  # noqa: E731
+    target = lam[:, None] * smooth(y) + (1 - lam[:, None]) * smooth(y2)  # timm's mixup_target
+    expected = (-target * torch.log_softmax(logits.detach().double(), 1)).sum(1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    loss.backward()
+    grad = (torch.softmax(logits.detach().double(), 1) - target) / n
+    torch.testing.assert_close(logits.grad.double(), grad, atol=1e-7, rtol=1e-5)
+    # a one-hot soft target is the integer label: the same loss (one-hot rows after mix_stop_epoch)
+    onehot, logits = nn.functional.one_hot(y, k).float(), logits.detach()
+    assert float(cross_entropy(eps)(logits, onehot)) == pytest.approx(float(cross_entropy(eps)(logits, y)), rel=1e-6)
+
+
+def test_integer_labels_keep_their_loss_bit_for_bit():
+    """The warm-up run, the benchmark and every run without mixing take the integer path: the very call
+    they made before soft targets existed (train_step's stats included)."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 3, 4, 4, generator=g), torch.randint(0, 10, (32,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+    logits = model(x)
+    reference = nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+    assert torch.equal(cross_entropy(0.1)(logits, y), reference)
+    stats = train_step(model, x, y, None, cross_entropy(0.1))
+    assert torch.equal(stats, torch.stack([reference.detach() * 32, (logits.argmax(1) == y).sum().float()]))
+
+
+def test_training_accuracy_under_mixing_counts_the_dominant_class():
+    """With soft targets "correct" is the prediction naming the target's largest class: the image's own
+    class when lam > 1/2, its partner's when lam < 1/2; with one-hot targets it is plain accuracy."""
+    k, n = 10, 200
+    g = torch.Generator().manual_seed(5)
+    y, y2, lam, _ = _soft_targets(n, k, g)
+    lam[:50] = 0.9  # the first quarter: the image's own class dominates; the second: the partner's
+    lam[50:100] = 0.1
+    t = _mixed(y, y2, lam, k)
+    dominant = torch.where(y == y2, y, torch.where(lam > 0.5, y, y2))
+    assert torch.equal(hard_labels(t), dominant) and torch.equal(hard_labels(y), y)
+
+    class Fixed(nn.Module):  # predicts a chosen class per image, whatever the input
+        def __init__(self, classes):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+            self.logits = nn.functional.one_hot(classes, k).float() * 5
+
+        def forward(self, x):
+            return self.logits + self.w * x.flatten(1)[:, :1]
+
+    x = torch.zeros(n, 1)
+    for predicted in (y, y2, dominant):
+        stats = train_step(Fixed(predicted), x, t, None)
+        assert int(stats[1]) == int((predicted == dominant).sum())
+        with torch.no_grad():
+            loss = float(cross_entropy()(Fixed(predicted)(x), t))
+        assert float(stats[0]) == pytest.approx(loss * n, rel=1e-6)
+    assert int(train_step(Fixed(dominant), x, t, None)[1]) == n  # the dominant class scores every image
+    assert int(train_step(Fixed(y), x, t, None)[1]) < n  # the own class does not, where the partner dominates
+
+
+# -- the recipe ------------------------------------------------------------------------------------------
+
+RECIPE = "configs/convnext_cifar.yaml"
+
+
+def test_recipe_turns_every_option_on():
+    cfg = C.load(C.Config, REPO / RECIPE)
+    augment = Augment.from_config(cfg.data)
+    assert augment.mixup > 0 and augment.cutmix > 0 and augment.policy and augment.random_erasing > 0
+    assert cfg.model.name in drop_path_models() and cfg.model.drop_path > 0
+    assert cfg.train.label_smoothing > 0 and cfg.optim.name == "adamw" and cfg.optim.schedule == "cosine"
+    assert 0 < cfg.optim.warmup_epochs < cfg.train.epochs
+
+
+@pytest.mark.slow
+def test_recipe_smoke_runs_end_to_end_with_top5(tmp_path):
+    """configs/convnext_cifar.yaml as written (convnext, every option on), shrunk to 2 epochs of 2 steps on
+    tiny generated CIFAR files, fp32 eager on the CPU; the mixing stops after the first epoch."""
+    root = make_cifar(tmp_path / "data", "bin", n_train=64, n_test=32, learnable=True)
+    run = tmp_path / "run"
+    run_harness(["--config", RECIPE, f"data.root={root}", f"run.dir={run}", "data.verify=structure",
+                 "run.wandb=false", "run.progress=false", "train.precision=fp32", "train.compile=false",
+                 "train.batch_size=8", "data.limit_train=16", "train.epochs=2", "data.mix_stop_epoch=1",
+                 "train.eval_batch_size=32", "run.log_every=1"], timeout=500)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["model"] == "convnext" and s["steps"] == 4 and s["epochs"] == 2
+    assert s["test_images"] == 32 and s["test_top5"] is not None and s["test_acc"] <= s["test_top5"] <= 1
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["drop_path"] == 0.1 and saved["train"]["label_smoothing"] == 0.1
+    assert {k: saved["data"][k] for k in ("mixup", "cutmix", "randaugment", "random_erasing")} == \
+        {"mixup": 0.8, "cutmix": 1.0, "randaugment": "rand-m9-n2", "random_erasing": 0.25}
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(math.isfinite(r["train_loss"]) and 0 <= r["train_acc"] <= 1 for r in epochs)
+    assert all(r["test_top5"] is not None for r in epochs)

@@ -32,6 +32,15 @@ The estimates. Seconds per step in three parts, because they scale differently:
     about 25k. The seeds' loop is bound by its DataLoader workers, ~5k images/s, whatever the GPU. The
     H200 has the H100's arithmetic and 1.4x its memory bandwidth: its run_s is assumed 0.9x the H100's
     where the GPU is the limit, equal where the host is.
+  * the regularisation recipe (configs/convnext_cifar.yaml, step recipe-convnext): convnext is 2.9
+    GFLOPs per image forward (harness.models.model_facts), 2.6x resnet18's 1.11; its depthwise 7x7
+    convolutions and LayerNorms are memory-bound, so it is assumed at half resnet18's efficiency:
+    40k / 2.6 / 2 = ~7.7k images/s in bf16 on an H100, 6.5 s per epoch of 50k images, plus the epoch's
+    evaluation of 10k test images (forward only, ~3x the training rate: 0.5 s): ~7 s an epoch. The
+    recipe's 100 epochs (~12 minutes) fit no call, so the step trains 30 (210 s); compiling its training
+    graph (18 blocks to resnet18's 8) assumed 60 s, the evaluation graph 30 s. ~310 s in all: more than
+    call 2 has left after the two time-to-accuracy steps (~180 s), so it is skipped for time there and
+    runs alone in a later allocation's call 2 (`call=2 steps=recipe-convnext resume=true`, 437 s).
 A GPU with no column here starts from the H100's run_s x UNKNOWN_GPU_RUN_SCALE. The budget
 (budget.Budget) rescales run_s, and only run_s, by what the steps so far took.
 """
@@ -180,6 +189,17 @@ STEPS = (
          smoke=("index=0", "train.epochs=1", "train.max_steps=2", "train.batch_size=32", "train.eval_batch_size=64",
                 "train.compile=false", "train.precision=fp32", "data.val_size=0"),
          settings="configs/sweeps/architectures.yaml: each model's seed recipe, seeds 0-2"),
+    # the regularisation recipe's GPU accuracy (docs/training.md): 30 of its 100 epochs with the warm-up's
+    # share of them (2), estimated in the module docstring; no checkpoints (each would write 330 MB of weights
+    # and AdamW moments, and the step keeps none). At smoke size compact_resnet stands in (it has stochastic
+    # depth): every regularisation option of the recipe stays on
+    Step("recipe-convnext", 6, 2, "ConvNeXt with modern regularisation: configs/convnext_cifar.yaml, 30 of its "
+         "100 epochs, once", "harness.train",
+         ("--config", "configs/convnext_cifar.yaml", "train.epochs=30", "optim.warmup_epochs=2",
+          "run.checkpoint_every=0", COMPILE_DEFAULT, *TRAIN),
+         ("summary.json",), start_s=10, compile_s=60 + 30, run_s={"H100": 210, "H200": 190}, smoke_s=15,
+         needs_data=True, prune=RUN_LEFTOVERS, smoke=(*TRAIN_SMOKE, "model.name=compact_resnet"),
+         settings="one run of 30 epochs (warm-up 2: the recipe's share), the last epoch's test accuracy"),
     # ---- call 3: optional ----------------------------------------------------------------------------------
     Step("dali", 3, 3, "Data path: DALI vs the torch loader vs synthetic", "harness.bench",
          ("suite=data", "backends=dali,torch,synthetic", "model.name=resnet18,airnet,simple_cnn", "compile=false",

@@ -99,6 +99,16 @@ class Augment:
             raise UserError(f"data.mix_stop_epoch={self.mix_stop_epoch}: an epoch, at least 0 (0: never stop)")
         randaugment.parse(self.randaugment)  # a malformed policy fails here, at construction
 
+    # Augment field -> the data config's key where the names differ; every other field is read under its own
+    # name, so an option added here reaches the loaders of every tool that builds them from a config
+    CONFIG_KEYS = {"enabled": "augment", "padding": "crop_padding"}
+
+    @classmethod
+    def from_config(cls, data) -> Augment:
+        """The training augmentation a `data` config (harness.config.DataConfig) asks for: every field, read
+        from the key of the same name (or `CONFIG_KEYS`'), checked as any construction is."""
+        return cls(**{f.name: getattr(data, cls.CONFIG_KEYS.get(f.name, f.name)) for f in fields(cls)})
+
     @property
     def policy(self) -> randaugment.Policy | None:
         return randaugment.parse(self.randaugment)

@@ -2,7 +2,8 @@
 
 The one home of the training config's checks (the parser checks types and `choices`, harness/config.py):
 `check_config(cfg, world)` takes every numeric key against its range, the model name against the zoo, the
-batch against the process count and the fine-tuning keys against each other; `check_split(n, data)`
+batch against the process count, the fine-tuning keys against each other and the augmentation options and
+model.drop_path through the code that owns them; `check_split(n, data)`
 takes data.val_size against the training images, once they are counted. `harness/train.py` calls both,
 and the sweep runner calls `check_config` for every run it expands (so a bad point fails the sweep at
 start, not one run an hour in).
@@ -69,6 +70,21 @@ def check_config(cfg: C.Config, world: int) -> None:
         raise C.ConfigError(f"optim.lr={o.lr}: must be positive")
     _check_eval_limit(t)
     _check_finetune(cfg, world)
+    _check_regularisation(cfg)
+
+
+def _check_regularisation(cfg: C.Config) -> None:
+    """The augmentation options and model.drop_path, by the code that owns them (Augment's construction,
+    create_model's stochastic depth check on shapes only), before a run directory exists."""
+    import torch
+
+    from harness.data.interface import Augment
+    from harness.models import create_model
+
+    Augment.from_config(cfg.data)
+    if cfg.model.drop_path is not None:
+        with torch.device("meta"):
+            create_model(cfg.model.name, drop_path=cfg.model.drop_path)
 
 
 def _check_finetune(cfg: C.Config, world: int) -> None:
