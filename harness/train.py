@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         raw_model = build_model(cfg, data.num_classes, device, world)
         if init_note := finetune.apply_init(raw_model, cfg.model.init_from):  # model.init_from: which keys loaded
             accelerator.print(init_note)
-        t0 = time.perf_counter()  # model.whiten (on the device) counts as training time (summary time_s), as airbench
-        whitened = init_whitening(raw_model, data.train.images, cfg.model.whiten_eps, cfg.model.whiten_images) \
-            if cfg.model.whiten else None  # speed option: the first conv whitened and frozen (docs/speed.md)
-        setup_s = time.perf_counter() - t0 if whitened is not None else 0.0
+        whitened, setup_s = whiten(cfg, raw_model, data)  # speed option: the first conv whitened and frozen
         ema = EMA(raw_model, cfg.train.ema) if cfg.train.ema > 0 else None
         lookahead = Lookahead(raw_model, cfg.train.lookahead_every, cfg.train.lookahead_decay) \
             if cfg.train.lookahead_every else None  # speed option: slow weights every k steps
@@ -111,10 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         # ---- loop
         stop = StopRequest(accelerator)
+        evaluate = functools.partial(evaluate_all, model, ema, data.eval_loaders, accelerator, data.num_classes,
+                                     cfg.train.tta, subsets=data.eval_subsets, progress=main_proc and cfg.run.progress)
         # every split, or None when a stop signal (asked between evaluation batches, on every rank) cut it short
-        evaluate_now = functools.partial(evaluate_all, model, ema, data.eval_loaders, accelerator, data.num_classes,
-                                         cfg.train.tta, lambda: stop.poll() != 0, subsets=data.eval_subsets,
-                                         progress=main_proc and cfg.run.progress)
+        evaluate_now = functools.partial(evaluate, should_stop=lambda: stop.poll() != 0)
         loss_fn = cross_entropy(cfg.train.label_smoothing)
         batches, interval, epoch_meter = len(data.train_loader), Meter(device), Meter(device)
         stop_signal, results, saved_step, lr = 0, {}, -1, schedule(state.step)
@@ -205,16 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
                 stop_signal = stop.drain()  # a signal in the last step still gets its checkpoint and exit code
 
         if stop_signal:  # checkpointed, then the exit code a scheduler reads (143 for SIGTERM); `run` tears down
-            path = run.checkpoints.save(state.step) if saved_step != state.step or state.pending_eval \
-                else run.checkpoints.latest()
-            say(f"stopped by signal {stop_signal} at epoch {state.epoch + 1}, batch {state.batch}: checkpoint "
-                f"{path}. Resume with: train.resume=auto run.dir={run.path}")
-            raise SystemExit(128 + stop_signal)
+            stopped(run, state, stop_signal, saved_step, say)
 
         # ---- finish: the last evaluation, the weights, the summary
-        if not results:  # resumed a finished run: evaluate once more for the summary
-            results = evaluate_all(model, ema, data.eval_loaders, accelerator, data.num_classes, cfg.train.tta,
-                                   subsets=data.eval_subsets, progress=main_proc and cfg.run.progress)
+        results = results or evaluate()  # a resumed finished run: evaluate once more for the summary
         wall_s = time.perf_counter() - start_wall
         return finish(run, cfg, data, state, results, raw_model, ema, facts, setup_s, wall_s, say)
 
@@ -357,6 +348,26 @@ def record_epoch(run: RunDirectory, say, state: TrainState, results: dict, cfg: 
                             state.train_s)
     run.tracker.log(row)
     say(metrics.console_line(row))
+
+
+def whiten(cfg: C.Config, raw_model: torch.nn.Module, data: RunData) -> tuple[torch.nn.Conv2d | None, float]:
+    """model.whiten: the first conv whitened from the training images (on the device) and frozen, and the
+    seconds it took, which count as training time (summary time_s), as airbench's do. (None, 0) when off."""
+    if not cfg.model.whiten:
+        return None, 0.0
+    t0 = time.perf_counter()
+    conv = init_whitening(raw_model, data.train.images, cfg.model.whiten_eps, cfg.model.whiten_images)
+    return conv, time.perf_counter() - t0
+
+
+def stopped(run: RunDirectory, state: TrainState, signum: int, saved_step: int, say) -> None:
+    """A stop signal ended the loop: checkpoint (unless the last save is this step's and complete), say how
+    to resume, and leave with the exit code a scheduler reads (128 + the signal: 143 for SIGTERM)."""
+    path = run.checkpoints.save(state.step) if saved_step != state.step or state.pending_eval \
+        else run.checkpoints.latest()
+    say(f"stopped by signal {signum} at epoch {state.epoch + 1}, batch {state.batch}: checkpoint {path}. "
+        f"Resume with: train.resume=auto run.dir={run.path}")
+    raise SystemExit(128 + signum)
 
 
 def finish(run: RunDirectory, cfg: C.Config, data: RunData, state: TrainState, results: dict, raw_model, ema,
