@@ -149,6 +149,8 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
         # summary's images/s is the median of (after the first, compilation, epoch)
         "threads": (prov.get("threads") or {}).get("torch_threads"), "launcher": prov.get("launcher"),
         "epoch_rates": epoch_rates(epochs),
+        # the median step and data milliseconds of its step rows (where they were read): a scaling row's reason
+        "step_ms": None, "data_ms": None,
     }
     if summary and rec["best_test_acc"] is None:
         rec["best_test_acc"] = rec["final_test_acc"]
@@ -167,9 +169,13 @@ def read_run(path: Path, root: Path) -> dict:
         cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     except yaml.YAMLError:
         cfg = {}
-    epochs = [r for r in run_rows(path) if r.get("kind") == "epoch"]
+    rows = run_rows(path)
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
     rel = path.relative_to(root).as_posix() if path != root else path.name
     rec = run_record(rel, str(path), summary, cfg or {}, epochs, _json(path / "provenance.json"))
+    for key in ("step_ms", "data_ms"):  # medians over the step rows (log intervals) of the run as it stands
+        values = [r[key] for r in rows if r.get("kind") == "step" and r.get(key) is not None]
+        rec[key] = statistics.median(values) if values else None
     if not summary:
         latest = path / "checkpoints" / "latest"
         resume = (f"checkpoint {latest.read_text().strip()}: continue with train.resume=auto run.dir={path}"
@@ -275,8 +281,9 @@ def scaling_rows(records: list[dict]) -> list[dict]:
     """Complete runs grouped by (model, per-process batch, precision, device); groups with more than one
     world size become rows per world size: the median of the epoch rates of every run at that size, with
     n and the spread, speed-up and efficiency against the smallest world size in the group (normally 1),
-    and the checks (harness.sanity): efficiency above 105%, a spread wider than half the median, threads
-    per process or launcher differing from the baseline's."""
+    and the checks (harness.sanity): efficiency above 105%, or below 80% (with the reason the runs' step rows
+    give), a spread wider than half the median, threads per process or launcher differing from the
+    baseline's."""
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in records:
         if r["status"] != "complete" or not r["world_size"] or not r["images_per_s"]:
@@ -296,8 +303,12 @@ def scaling_rows(records: list[dict]) -> list[dict]:
             ips = s["median"]
             ttt = [r["time_to_target_s"] for r in by_n[n] if r["time_to_target_s"] is not None]
             efficiency = (ips / n) / (base["median"] / base_n)
+            step_ms = lambda k, n: statistics.median(v) if (v := [r[k] for r in by_n[n] if r.get(k) is not None]) \
+                else None  # noqa: E731
             flags = sanity.collect(
                 sanity.efficiency(efficiency), sanity.unstable(s, " images/s"),
+                sanity.inefficient(efficiency, (step_ms("step_ms", base_n), step_ms("step_ms", n)),
+                                   (step_ms("data_ms", base_n), step_ms("data_ms", n))) if n != base_n else None,
                 sanity.single({f"{base_n} proc": base["n"], f"{n} proc": s["n"]}, "efficiency") if n != base_n else None,
                 sanity.unlike("threads per process", {f"{base_n} proc": setting(base_n, "threads"),
                                                       f"{n} proc": setting(n, "threads")}),

@@ -18,7 +18,12 @@ The checks and their thresholds:
   * unstable: a spread wider than half its median (the median is then no figure to quote);
   * unlike: compared rows that differ in a setting that should be equal (threads per process, launcher);
   * single: a comparison (a scaling efficiency) in which a side is one measurement: its noise is
-    unknown, so the comparison cannot be told from noise ("too few").
+    unknown, so the comparison cannot be told from noise ("too few");
+  * inefficient: weak-scaling efficiency below 80% (each of N processes more than 20% slower than one
+    alone at the same per-process batch), with the reason the runs' own step rows give: how much of the
+    per-process step time grew, and how much of that growth the data work explains (the rest is the
+    gradient all-reduce and waiting for the slower rank). A true figure, but not one to quote as "the
+    model's" throughput without that reason.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from harness.stats import MIN_INTERVAL_N, spread
 
 EFFICIENCY_MAX = 1.05  # 5% above linear: a little noise, never a real speed-up from sharing nothing
+EFFICIENCY_LOW = 0.8  # each process more than 20% slower than one alone: the scaling row needs its reason
 MFU_MAX = 1.0
 UNSTABLE = 0.5  # spread width over median
 # a flagged bar: hatched and grey, so it is never read as a sound figure
@@ -51,6 +57,22 @@ def efficiency(value: float | None) -> Flag | None:
     if value is None or value <= EFFICIENCY_MAX:
         return None
     return Flag("impossible", f"efficiency {100 * value:.0f}% > {100 * EFFICIENCY_MAX:.0f}%")
+
+
+def inefficient(value: float | None, step_ms: tuple[float | None, float | None] = (None, None),
+                data_ms: tuple[float | None, float | None] = (None, None)) -> Flag | None:
+    """Efficiency below EFFICIENCY_LOW; `step_ms`, `data_ms`: (baseline, this row) median milliseconds per
+    optimiser step and of data work per step, at the same per-process batch, from the runs' step rows."""
+    if value is None or value >= EFFICIENCY_LOW:
+        return None
+    reason = f"efficiency {100 * value:.0f}% < {100 * EFFICIENCY_LOW:.0f}%"
+    if None not in step_ms:
+        (a, b), (c, d) = step_ms, data_ms
+        reason += f": the step takes {a:.1f} -> {b:.1f} ms per process at the same per-process batch"
+        if None not in data_ms:
+            reason += (f", data {c:.1f} -> {d:.1f} ms of it, and the other {max(0.0, (b - a) - (d - c)):.1f} ms are "
+                       f"synchronisation (DDP's gradient all-reduce, waiting for the slower rank)")
+    return Flag("inefficient", reason)
 
 
 def real_vs_synthetic(real: dict, synthetic: dict) -> Flag | None:

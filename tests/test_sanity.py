@@ -15,6 +15,19 @@ def test_efficiency_above_105_percent_is_impossible():
     assert sanity.efficiency(1.04) is None and sanity.efficiency(0.6) is None and sanity.efficiency(None) is None
 
 
+def test_efficiency_below_80_percent_is_flagged_with_the_reason_the_step_rows_give():
+    """The like-with-like sweep on the 2-core CPU: lenet5 at 2 processes ran each at 52% of one alone. The
+    flag says where the time went: the step grew 9.2 -> 15.2 ms, the data work 1.4 -> 1.9 ms of it."""
+    flag = sanity.inefficient(0.519, (9.2, 15.2), (1.4, 1.9))
+    assert flag.kind == "inefficient" and str(flag) == (
+        "inefficient: efficiency 52% < 80%: the step takes 9.2 -> 15.2 ms per process at the same per-process "
+        "batch, data 1.4 -> 1.9 ms of it, and the other 5.5 ms are synchronisation (DDP's gradient all-reduce, "
+        "waiting for the slower rank)")
+    assert sanity.as_list(sanity.text(sanity.collect(flag))) == [str(flag)]  # one flag survives a CSV cell
+    assert str(sanity.inefficient(0.6)) == "inefficient: efficiency 60% < 80%"  # no step rows (a W&B run)
+    assert sanity.inefficient(0.85, (1.0, 1.2), (0.1, 0.1)) is None and sanity.inefficient(None) is None
+
+
 def test_real_data_faster_than_synthetic_beyond_the_spread_is_impossible():
     synthetic = summarize([100.0, 104.0, 98.0])
     assert "impossible: real data 150 images/s > synthetic 100" in str(
