@@ -76,13 +76,18 @@ def inefficient(value: float | None, step_ms: tuple[float | None, float | None] 
 
 
 def real_vs_synthetic(real: dict, synthetic: dict) -> Flag | None:
-    """`real`, `synthetic`: summaries of images/s. Flagged when the real rate's whole spread lies above the
-    synthetic rate's (with one value each, when the real rate is above)."""
+    """`real`, `synthetic`: summaries of images/s. Flagged impossible when the real rate's whole spread lies
+    above the synthetic rate's; with one value on a side and the real rate above, too few to judge."""
     if not real.get("n") or not synthetic.get("n"):
         return None
     real_lo, _, _ = spread(real)
     _, synthetic_hi, name = spread(synthetic)
-    if real["median"] <= synthetic["median"] or real_lo <= synthetic_hi:
+    if real["median"] <= synthetic["median"]:
+        return None
+    if real["n"] < 2 or synthetic["n"] < 2:  # no spread to tell a real inversion from noise
+        return Flag("too few", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
+                               f"from single measurements: no spread to judge it by")
+    if real_lo <= synthetic_hi:
         return None
     return Flag("impossible", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
                               f"beyond the spread ({name} {_g(real_lo)} > {_g(synthetic_hi)})")

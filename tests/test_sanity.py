@@ -35,6 +35,25 @@ def test_real_data_faster_than_synthetic_beyond_the_spread_is_impossible():
     # above the synthetic median but inside its spread: noise, not a flag
     assert sanity.real_vs_synthetic(summarize([103.0, 99.0, 110.0]), synthetic) is None
     assert sanity.real_vs_synthetic(summarize([80.0, 82.0, 79.0]), synthetic) is None
+    # one measurement a side: an inversion cannot be told from noise, so it is too few, not impossible
+    one = sanity.real_vs_synthetic(summarize([7.18]), summarize([6.9]))
+    assert one.kind == "too few" and "from single measurements" in str(one)
+    assert sanity.real_vs_synthetic(summarize([6.0]), summarize([6.9])) is None
+
+
+def test_a_ladder_speed_up_from_one_round_is_too_few():
+    from harness.bench.measure import add_speedups
+
+    rows = [{"model": "m", "rung": "baseline", "images_per_s": 100.0, "rounds_images_per_s": [100.0]},
+            {"model": "m", "rung": "+bf16", "images_per_s": 180.0, "rounds_images_per_s": [180.0]}]
+    add_speedups(rows)
+    assert rows[1]["speedup_total"] == 1.8 and rows[1]["flags"] == [
+        "too few: speed-up from a single measurement at +bf16: no spread to judge it by"]
+    assert not rows[0].get("flags")
+    more = [{k: r[k] for k in ("model", "rung", "images_per_s")} | {"rounds_images_per_s": [r["images_per_s"]] * 3}
+            for r in rows]
+    add_speedups(more)
+    assert not more[1].get("flags")
 
 
 def test_mfu_above_the_datasheet_peak_is_impossible():

@@ -371,6 +371,8 @@ def add_speedups(rows: list[dict]) -> None:
             s = summarize(_ratios(r, ref))
             low, high, _ = spread(s)
             r.update({key: s["median"], f"{key}_low": low, f"{key}_high": high})
+        if r is not first[r["model"]]:  # a speed-up from one round cannot be told from noise
+            r["flags"] = (r.get("flags") or []) + sanity.collect(sanity.single({r["rung"]: s["n"]}, "speed-up"))
         previous[r["model"]] = r
 
 

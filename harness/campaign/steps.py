@@ -147,7 +147,7 @@ STEPS = (
          # with the workers' start; the GPU-resident rungs take a second
          run_s={"H100": 41, "H200": 40}, smoke_s=15,
          smoke=("ladder=lenet5", "ladder_batch_size=16", "ladder_compile=false", "data.limit_train=256",
-                "num_workers=1", "steps=2", "warmup=1", "repeats=1"),
+                "num_workers=1", "steps=2", "warmup=1", "repeats=3"),
          settings="bench defaults (10 warm-up steps, median of 5 repeats of 50); the seeds' batch 128"),
     # eager: compiling 3 models x 2 backends would cost ~100 s, which call 1 does not have beside P2
     Step("data", 3, 1, "Data path: the torch loader on resident images vs synthetic", "harness.bench",
@@ -157,12 +157,12 @@ STEPS = (
          # 3 models x 2 backends x 160 steps x 512 images (resnet18 ~25k, airnet ~60k, simple_cnn ~100k
          # images/s eager), the loaders alone, cuDNN autotuning
          run_s={"H100": 20, "H200": 18}, smoke_s=12,
-         smoke=("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=1"),
+         smoke=("model.name=lenet5", "batch_sizes=32", "steps=2", "warmup=1", "repeats=3"),
          settings="data suite defaults: 10 warm-up steps, median of 3 repeats of 50 steps, batch 512"),
     Step("ddp", 5, 1, "DDP overhead: one process with DDP against none", "harness.bench",
          ("suite=ddp", *BENCH),
          ("ddp_overhead.json",), start_s=11, compile_s=0, run_s={"H100": 4, "H200": 4}, smoke_s=10,
-         smoke=("model.name=lenet5", "batch_sizes=8", "steps=2", "warmup=1", "repeats=2"),
+         smoke=("model.name=lenet5", "batch_sizes=8", "steps=4", "warmup=1", "repeats=3"),
          # NCCL finds no interface to bind on a machine without a network: the loopback serves one process
          env={"NCCL_SOCKET_IFNAME": "lo"},
          settings="ddp suite defaults: 3 alternating rounds of plain and DDP blocks of 10 steps"),

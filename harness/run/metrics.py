@@ -186,11 +186,16 @@ CONSOLE_HEADER = (f"{'epoch':>5} {'step':>7} {'loss':>7} {'train':>6} {'val':>6}
                   f"{'epoch_s':>7}")
 
 
+def rate(images_per_s: float | None) -> str:
+    """An images/s figure for the console: '-' where there is none (no whole epoch was timed), never 0."""
+    return "-" if images_per_s is None else f"{images_per_s:.0f}"
+
+
 def console_line(row: dict) -> str:
     """An epoch row as a line of the console table under CONSOLE_HEADER."""
     fmt = lambda v: f"{v:6.4f}" if v is not None and math.isfinite(v) else "     -"  # noqa: E731
     return (f"{row['epoch']:>5} {row['step']:>7} {row['train_loss']:7.4f} {fmt(row['train_acc'])} "
-            f"{fmt(row.get('val_acc'))} {fmt(row['test_acc'])} {row['lr']:8.5f} {row['images_per_s'] or 0:9.0f} "
+            f"{fmt(row.get('val_acc'))} {fmt(row['test_acc'])} {row['lr']:8.5f} {rate(row['images_per_s']):>9} "
             f"{row['epoch_s']:7.1f}")
 
 
@@ -242,7 +247,7 @@ def summary_lines(summary: dict, path: Path) -> list[str]:
     lines = [f"test accuracy {summary['test_acc']:.4f} ({summary['test_images']} images{limit})"
              + (f", top-5 {summary['test_top5']:.4f}" if summary["test_top5"] is not None else "")
              + (f" | val {summary['val_acc']:.4f}" if summary["val_acc"] is not None else "")
-             + f" | {summary['train_images_per_s'] or 0:.0f} img/s | wall {summary['wall_s']:.1f} s | {path}"]
+             + f" | {rate(summary['train_images_per_s'])} img/s | wall {summary['wall_s']:.1f} s | {path}"]
     if summary["test_subset_images"]:
         lines.append(f"test subset {summary['test_subset']}: accuracy {summary['test_subset_acc']:.4f} on "
                      f"{summary['test_subset_images']} images (95% interval {summary['test_subset_ci95_low']:.4f}-"
