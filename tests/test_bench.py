@@ -249,8 +249,19 @@ def test_parsing_and_suite_defaults():
     assert (gpu.model.name, gpu.batch_sizes) == ("resnet18,simple_cnn", "512")
     zoo = specs.resolve_defaults(BenchConfig(model=specs.BenchModel(""), ladder="lenet5", steps=3, warmup=0), "cpu")
     # compile=auto: off on a CPU, as in training (tests/test_cli.py: one function decides)
-    assert (zoo.model.name, zoo.batch_sizes, zoo.steps, zoo.warmup, zoo.repeats, zoo.compile) == (
-        "", "128", 3, 0, 5, False)
+    assert (zoo.model.name, zoo.batch_sizes, zoo.steps, zoo.warmup, zoo.repeats, zoo.compile, zoo.rounds) == (
+        "", "128", 3, 0, 10, False, "run")  # a CPU: 10 rounds over the whole run (its speed drifts)
+    on_gpu = specs.resolve_defaults(BenchConfig(), "cuda")
+    assert (on_gpu.steps, on_gpu.repeats, on_gpu.rounds) == (50, 5, "group")
+
+
+def test_rounds_over_the_run_interleave_every_eager_row_but_keep_compiled_and_ladder_groups():
+    eager = [Spec(m, 8, "bf16", True, False, "synthetic", mode) for m in ("lenet5", "simple_cnn")
+             for mode in ("train", "infer")]
+    compiled = [Spec("lenet5", 8, p, True, True, "synthetic", "train") for p in ("fp32", "bf16")]
+    rungs = [Spec("lenet5", 8, "fp32", False, False, "loader", "train", rung=r) for r in ("a", "b")]
+    assert specs.group_specs(eager + compiled + rungs, "run") == [eager, compiled, rungs]
+    assert specs.group_specs(eager + compiled + rungs, "group") == [[s] for s in eager] + [compiled, rungs]
 
 
 def test_scaling_efficiency_against_one_process(tmp_path):
@@ -353,7 +364,7 @@ def test_a_stopped_data_suite_keeps_what_it_measured(tmp_path, monkeypatch):
 
 def test_a_stopped_zoo_run_keeps_what_it_measured(tmp_path, monkeypatch):
     """bench.csv and bench.json are rewritten after every group of rows: stopped during the second model,
-    both hold the first model's rows."""
+    both hold the first model's rows (rounds=group: each model its own group, as on a GPU)."""
     from accelerate.state import AcceleratorState
 
     from harness.bench import cli
@@ -370,7 +381,7 @@ def test_a_stopped_zoo_run_keeps_what_it_measured(tmp_path, monkeypatch):
     try:
         with pytest.raises(KeyboardInterrupt):
             cli.main(["model.name=lenet5,simple_cnn", "batch_sizes=4", "mode=train", "precision=fp32", "compile=false",
-                      "run.wandb=false", f"out={tmp_path}", *FAST])
+                      "rounds=group", "run.wandb=false", f"out={tmp_path}", *FAST])
     finally:
         AcceleratorState._reset_state(True)
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
@@ -400,3 +411,36 @@ def test_suite_bad_input_is_one_clear_line(args, message):
     proc = run_harness(args + FAST, module="harness.bench", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stability_compares_each_row_across_runs_against_every_runs_spread(tmp_path):
+    """Three bench outputs of one benchmark (fabricated rows): a row reproduces when every run's median lies in
+    every other run's printed spread; the data suite's real/synthetic ratio is compared the same way."""
+    from harness.bench import stability
+
+    def zoo(directory, lenet, cnn):
+        directory.mkdir()
+        rows = [{"model": m, "mode": "train", "precision": "bf16", "batch_size": 128, "world_size": 1,
+                 "images_per_s": med, "images_per_s_low": lo, "images_per_s_high": hi, "images_per_s_n": 10}
+                for m, (med, lo, hi) in (("lenet5", lenet), ("simple_cnn", cnn))]
+        (directory / "bench.json").write_text(json.dumps({"rows": rows}))
+        return str(directory)
+
+    dirs = [zoo(tmp_path / "a", (100, 90, 110), (50, 48, 52)), zoo(tmp_path / "b", (105, 95, 112), (60, 58, 61)),
+            zoo(tmp_path / "c", (98, 91, 106), (51, 49, 53))]
+    result = stability.main([",".join(dirs), f"out={tmp_path / 'out'}"])
+    by_model = {r["identity"]["model"]: r for r in result}
+    assert by_model["lenet5"]["reproduced"] and by_model["lenet5"]["max_over_min"] == pytest.approx(105 / 98)
+    assert not by_model["simple_cnn"]["reproduced"] and by_model["simple_cnn"]["outside"] == [1, 2, 3]
+    text = (tmp_path / "out" / "stability.md").read_text()
+    assert "1 of 2 figures reproduced" in text and "no: median of run 1, 2, 3 outside another's spread" in text
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "data_bench.json").write_text(json.dumps({"loaders": [], "training": [
+        {"model": "simple_cnn", "backend": "torch", "batch_size": 32, "images_per_s": 1500, "images_per_s_low": 1400,
+         "images_per_s_high": 1600, "images_per_s_n": 7, "vs_synthetic": 0.9, "vs_synthetic_low": 0.8,
+         "vs_synthetic_high": 1.0}]}))
+    rows = stability.compare([stability.read_rows(data)] * 2)
+    assert [(r["figure"], r["reproduced"]) for r in rows] == [("images/s", True), ("x synthetic", True)]
+    with pytest.raises(UserError, match="at least two"):
+        stability.main([dirs[0]])

@@ -18,12 +18,13 @@ from harness.inspect import InspectOptions
 from harness.models.__main__ import ModelsOptions
 from harness.report import ReportOptions
 from harness.sweep.cli import SweepOptions
+from harness.bench.stability import StabilityOptions
 from harness.sync import SyncOptions
 
 # every entry point: `python -m <module>` and the dataclass its command line reads
 TOOLS = {"harness.train": C.Config, "harness.bench": BenchConfig, "harness.sweep": SweepOptions,
          "harness.report": ReportOptions, "harness.inspect": InspectOptions, "harness.campaign": CampaignConfig,
-         "harness.models": ModelsOptions, "harness.sync": SyncOptions}
+         "harness.models": ModelsOptions, "harness.sync": SyncOptions, "harness.bench.stability": StabilityOptions}
 
 
 def _leaves(obj, prefix=""):

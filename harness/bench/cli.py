@@ -100,7 +100,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
               + f" | out {out}", file=sys.stderr)
 
     rows = []
-    for group in group_specs(specs):
+    for group in group_specs(specs, cfg.rounds):
         measured = measure_group(group, ctx)
         rows += measured
         if not main_proc:

@@ -49,7 +49,8 @@ class BenchConfig:
     backends: str = "torch,dali,synthetic"  # suite=data: comma list; synthetic is the reference for the ratio
     steps: int = 0  # timed steps per row per round (0: the suite's default: 50; data on a CPU 10; ddp 10)
     warmup: int = -1  # untimed steps first: compile, cuDNN autotune, worker start-up (-1: the suite's default: 10; data on a CPU 5; ddp 2)
-    repeats: int = 0  # alternating rounds; images/s is the median round, with n and spread (0: the suite's default: zoo 5, data 3 (7 on a CPU), ddp 3)
+    repeats: int = 0  # alternating rounds; images/s is the median round, with n and spread (0: the suite's default: zoo 5 (10 on a CPU), data 3 (7 on a CPU), ddp 3)
+    rounds: str = choices("auto", "group", "run", default="auto")  # suite=zoo: which rows alternate round by round: group (the precisions of one configuration, the rungs of one ladder), run (every eager row of the run, so each row's rounds span the whole run: a CPU's speed drifts ~10% over tens of seconds, docs/benchmarks/cpu); auto: run on a CPU, group on a GPU (compiled rows always by group: their graphs are dropped after it)
     num_workers: int = -1  # DataLoader workers for data.backend=loader and the ladder's loader rungs (-1: 2, seed 001's)
     threads: int = 0  # CPU threads per process: torch's pool and OMP/MKL_NUM_THREADS (0: harness.provenance.default_threads: 1 on a CPU, the cores over the local processes on a GPU machine)
     ladder: str = ""  # suite=zoo: comma list of models to run the optimisation ladder for (e.g. resnet18)
@@ -76,7 +77,9 @@ SUITE_DEFAULTS = {
     ("data", "cpu"): {"model.name": "simple_cnn", "batch_sizes": "32", "steps": 10, "warmup": 5, "repeats": 7},
     ("ddp", "cuda"): {"model.name": "resnet18", "batch_sizes": "32", "steps": 10, "warmup": 2, "repeats": 3},
 }
-SUITE_DEFAULTS[("zoo", "cpu")] = SUITE_DEFAULTS[("zoo", "cuda")]
+# a shared CPU's speed drifts by ~10% over tens of seconds (a fixed matmul, docs/benchmarks/cpu): more, shorter
+# rounds (10 x 20 steps) interleaved over the whole run (rounds=auto) put that drift into the printed spread
+SUITE_DEFAULTS[("zoo", "cpu")] = {**SUITE_DEFAULTS[("zoo", "cuda")], "steps": 20, "repeats": 10}
 SUITE_DEFAULTS[("ddp", "cpu")] = SUITE_DEFAULTS[("ddp", "cuda")]
 
 
@@ -93,6 +96,8 @@ def resolve_defaults(cfg: BenchConfig, device_type: str) -> BenchConfig:
             setattr(cfg, key, d[key])
     if cfg.compile == "auto":
         cfg.compile = resolve_compile("auto", cuda=device_type == "cuda")[0]
+    if cfg.rounds == "auto":
+        cfg.rounds = "group" if device_type == "cuda" else "run"
     return cfg
 
 
@@ -146,12 +151,18 @@ class Spec:
     fused: bool = True  # the harness's optimiser (fused SGD where the device has the kernel); False: the seeds' SGD
 
 
-def group_specs(specs: list[Spec]) -> list[list[Spec]]:
-    """Rows measured together in alternating rounds: the precisions of one sweep configuration, and the
-    rungs of one model's ladder (harness.bench.measure.measure_group)."""
+def group_specs(specs: list[Spec], rounds: str = "group") -> list[list[Spec]]:
+    """Rows measured together in alternating rounds (harness.bench.measure.measure_group): the precisions of
+    one sweep configuration, and the rungs of one model's ladder; with rounds=run, every eager sweep row of
+    the run in one rotation (compiled rows keep their groups: their graphs are dropped after each)."""
     groups: dict[tuple, list[Spec]] = {}
     for s in specs:
-        key = ("ladder", s.model) if s.rung else (s.model, s.batch_size, s.channels_last, s.compile, s.data, s.mode)
+        if s.rung:
+            key = ("ladder", s.model)
+        elif rounds == "run" and not s.compile:
+            key = ("run",)
+        else:
+            key = (s.model, s.batch_size, s.channels_last, s.compile, s.data, s.mode)
         groups.setdefault(key, []).append(s)
     return list(groups.values())
 
