@@ -89,7 +89,9 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
     on_gpu = env["device_type"] == "cuda"
     lines = [f"# Benchmark: {prov['devices'][0]} x {prov['world_size']}", ""]
     if not on_gpu:
-        lines += ["**CPU, not a GPU measurement.** Useful only to check that the harness runs.", ""]
+        lines += ["**CPU, not a GPU measurement.** Useful to check that the harness runs, and to compare the rows "
+                  "of this one run (they alternate round by round): on a shared CPU a process's absolute images/s "
+                  "moves by 10-20% from one run to the next (docs/benchmarks/cpu/README.md).", ""]
     lines += [
         f"- command: `{shlex.join(prov['command'])}`",
         f"- versions: {versions}; git {prov['git_sha']}",
