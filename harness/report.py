@@ -118,10 +118,11 @@ def run_rates(r: dict) -> list[float]:
     return r.get("epoch_rates") or ([r["images_per_s"]] if r.get("images_per_s") else [])
 
 
-def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[dict], prov: dict | None = None) -> dict:
+def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[dict], prov: dict | None = None,
+               steps: list[dict] = ()) -> dict:
     """One run as the tables see it, from its summary (summary.json's keys, harness.run.metrics.SUMMARY_KEYS),
-    its config and its epoch rows, whichever source they were read from (its directory or W&B). `status` is
-    the reader's to set."""
+    its config, its epoch rows and its step rows, whichever source they were read from (its directory or
+    W&B). `status` is the reader's to set."""
     prov = prov or {}
     curve = curve_facts(epochs)
     rec = {
@@ -149,8 +150,9 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
         # summary's images/s is the median of (after the first, compilation, epoch)
         "threads": (prov.get("threads") or {}).get("torch_threads"), "launcher": prov.get("launcher"),
         "epoch_rates": epoch_rates(epochs),
-        # the median step and data milliseconds of its step rows (where they were read): a scaling row's reason
-        "step_ms": None, "data_ms": None,
+        # the median step and data milliseconds of its step rows (log intervals): a scaling row's reason
+        **{key: statistics.median(v) if (v := [r[key] for r in steps if r.get(key) is not None]) else None
+           for key in ("step_ms", "data_ms")},
     }
     if summary and rec["best_test_acc"] is None:
         rec["best_test_acc"] = rec["final_test_acc"]
@@ -172,10 +174,8 @@ def read_run(path: Path, root: Path) -> dict:
     rows = run_rows(path)
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     rel = path.relative_to(root).as_posix() if path != root else path.name
-    rec = run_record(rel, str(path), summary, cfg or {}, epochs, _json(path / "provenance.json"))
-    for key in ("step_ms", "data_ms"):  # medians over the step rows (log intervals) of the run as it stands
-        values = [r[key] for r in rows if r.get("kind") == "step" and r.get(key) is not None]
-        rec[key] = statistics.median(values) if values else None
+    steps = [r for r in rows if r.get("kind") == "step"]
+    rec = run_record(rel, str(path), summary, cfg or {}, epochs, _json(path / "provenance.json"), steps)
     if not summary:
         latest = path / "checkpoints" / "latest"
         resume = (f"checkpoint {latest.read_text().strip()}: continue with train.resume=auto run.dir={path}"
@@ -235,7 +235,7 @@ def record_from_wandb(run, project: str) -> dict:
         "compile": section("train").get("compile"),
     }
     summary = {**from_history, **{k: run.summary.get(k) for k in metrics.SUMMARY_KEYS if k in run.summary}}
-    rec = run_record(run.name, f"wandb:{project}/{run.id}", summary, cfg, epochs)
+    rec = run_record(run.name, f"wandb:{project}/{run.id}", summary, cfg, epochs, steps=steps)
     rec["status"] = "complete" if done else f"incomplete (W&B state {run.state}): {rec['epochs_done']} epochs"
     return rec
 
