@@ -214,14 +214,19 @@ def unmixed(backend, x, y, batch, seed, epoch=0, **options):
     return list(loader)
 
 
+def mixed_and_unmixed(backend, images, batch, seed, mixing, **options):
+    """A mixing loader's plan and its batches, each beside the same loader's batch without the mixing."""
+    x, y = images
+    loader = make(backend, x, y, batch, seed=seed, augment=Augment(**mixing, **options), num_classes=10)
+    return loader.plan(), list(zip(loader, unmixed(backend, x, y, batch, seed, **options)))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixup_images_and_targets_are_the_formula(backend, images):
-    x, y = images
     G = 32
-    loader = make(backend, x, y, G, seed=4, augment=Augment(cutout=8, mixup=0.8), num_classes=10)
-    plan = loader.plan()
+    plan, pairs = mixed_and_unmixed(backend, images, G, 4, dict(mixup=0.8), cutout=8)
     assert plan.lam is not None and not plan.cut.any()
-    for k, ((mixed, targets), (plain, labels)) in enumerate(zip(loader, unmixed(backend, x, y, G, 4, cutout=8))):
+    for k, ((mixed, targets), (plain, labels)) in enumerate(pairs):
         lam = plan.lam[k * G:(k + 1) * G].to(mixed.device)
         partner = plain.flip(0)  # position i's partner is G - 1 - i
         expected = lam.view(-1, 1, 1, 1) * plain + (1 - lam.view(-1, 1, 1, 1)) * partner
@@ -236,14 +241,11 @@ def test_mixup_images_and_targets_are_the_formula(backend, images):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cutmix_pastes_the_box_whose_area_is_lam(backend, images):
-    x, y = images
     G = 32
-    loader = make(backend, x, y, G, seed=9, augment=Augment(cutmix=1.0, random_erasing=0.3), num_classes=10)
-    plan = loader.plan()
+    plan, pairs = mixed_and_unmixed(backend, images, G, 9, dict(cutmix=1.0), random_erasing=0.3)
     assert plan.cut.all()
     clipped = square = 0
-    for k, ((mixed, targets), (plain, labels)) in enumerate(
-            zip(loader, unmixed(backend, x, y, G, 9, random_erasing=0.3))):
+    for k, ((mixed, targets), (plain, labels)) in enumerate(pairs):
         partner = plain.flip(0)
         for j in range(G):
             i = k * G + j
