@@ -340,6 +340,37 @@ def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
     assert "data bench 1/" in proc.stderr  # progress, as plain lines when not on a terminal
 
 
+def test_the_data_suites_loader_augments_as_training_does():
+    """The bench's data.* augmentation keys are training's, read by the one Augment.from_config: a recipe's
+    RandAugment, erasing and mixing reach the measured loader, and mixing yields the soft targets a
+    training step takes."""
+    from dataclasses import fields
+
+    import numpy as np
+
+    from harness.bench.sources import harness_loader
+    from harness.config import DataConfig
+    from harness.data.loaders import Augment
+
+    options = dict(mixup=0.8, cutmix=1.0, mix_switch_prob=0.3, mix_stop_epoch=5, randaugment="rand-m9-n2",
+                   random_erasing=0.25, cutout=8, flip_mode="alternate", pad_mode="reflect", crop_padding=2)
+    bench = specs.BenchData(**options)
+    assert Augment.from_config(bench) == Augment.from_config(DataConfig(**options))
+    for f in fields(Augment):  # every augmentation key has the same default in the bench as in training
+        key = Augment.CONFIG_KEYS.get(f.name, f.name)
+        assert getattr(specs.BenchData(), key) == getattr(DataConfig(), key), key
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 16).astype(np.int64)
+    loader = harness_loader("torch", x, y, 8, train=True, data=bench, device=torch.device("cpu"),
+                            channels_last=False)
+    assert loader.augment == Augment.from_config(bench)
+    images, targets = next(iter(loader))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 10)
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    assert not harness_loader("torch", x, y, 8, train=False, data=bench, device=torch.device("cpu"),
+                              channels_last=False).augment.enabled
+
+
 def test_a_stopped_data_suite_keeps_what_it_measured(tmp_path, monkeypatch):
     """data_bench.json is rewritten after every measurement: stopped during the second model, it holds the
     loaders and the first model's rows."""

@@ -72,7 +72,7 @@ def harness_loader(backend: str, images, labels, batch_size: int, *, train: bool
     share one compiled graph."""
     from harness.data.loaders import Augment, build_loader
 
-    augment = Augment(enabled=data.augment, padding=data.crop_padding, cutout=data.cutout) if train else Augment()
+    augment = Augment.from_config(data) if train else Augment()
     return build_loader(backend, images, labels, batch_size, train=train, rank=rank, world=world, seed=seed,
                         drop_last=True, augment=augment, device=device, dtype=torch.float32,
                         channels_last=channels_last, prefetch=data.prefetch,

@@ -16,10 +16,21 @@ class BenchData:
     backend: str = choices("synthetic", "torch", "dali", "loader", default="synthetic")  # suite=zoo: what feeds each step: synthetic (fixed batches on the device: the model alone), torch (GPU-resident CIFAR + batched crop/flip), dali, loader (the seeds' torchvision DataLoader with CPU workers)
     root: str = "data"  # CIFAR-10 files for the real-data sources and the ladder (random images of the same shape if missing)
     limit_train: int = 0  # use only the first N training images (0: all)
-    augment: bool = True  # suite=data: padded random crop + flip, as training
-    crop_padding: int = 4  # suite=data
-    cutout: int = 0  # suite=data: side of a zeroed square (0: off)
     prefetch: int = 2  # suite=data: DALI prefetch queue depth
+    # suite=data: the training augmentation, the same keys and meaning as training's data.* (harness.config
+    # DataConfig), read by the one Augment.from_config, so a recipe's loader cost is measured as it trains
+    augment: bool = True  # padded random crop + flip, as training
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of a zeroed square (0: off)
+    flip_mode: str = choices("random", "alternate", default="random")
+    pad_mode: str = choices("zeros", "reflect", default="zeros")
+    mixup: float = 0.0  # Beta(alpha, alpha); soft targets (0: off)
+    cutmix: float = 0.0  # Beta(alpha, alpha); soft targets (0: off)
+    mix_switch_prob: float = 0.5
+    mix_stop_epoch: int = 0
+    randaugment: str = ""  # rand-m<M>-n<N>, e.g. rand-m9-n2 ("": off)
+    random_erasing: float = 0.0  # probability per image (0: off)
 
 
 @dataclass
