@@ -464,6 +464,10 @@ def test_smoke_campaign_runs_every_step_and_reports_each(tmp_path):
         for o in step.outputs:
             assert (out / step.name / o).is_file()
     assert "CPU, not a GPU measurement" in report and "skipped for time | none" in report
+    accuracy = report.split("## 6. Accuracy")[1]  # the recipe's run and the sweep's seeds, read from their files
+    recipe = json.loads((out / "recipe-convnext" / "summary.json").read_text())
+    assert f"{recipe['model']} with modern regularisation" in accuracy and f"top-5 {recipe['test_top5']:.2%}" in accuracy
+    assert "| rank | model | n |" in accuracy and "No results" not in accuracy
     for png in ("zoo_images_per_s.png", "ladder.png", "data_ratio.png", "time_to_accuracy.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
     assert f"-m harness.campaign smoke=true --out {out}`" in report  # the command is recorded

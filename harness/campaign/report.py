@@ -268,6 +268,36 @@ def tta_section(out: Path) -> list[str]:
     return lines
 
 
+def seed_groups(out: Path) -> list[dict]:
+    """The architecture sweep's finished runs, grouped over seeds by harness.report."""
+    from harness import report
+
+    seeds = out / "arch-seeds"
+    return report.seed_groups([report.read_run(p, seeds) for p in report.find_runs(seeds)]) if seeds.is_dir() else []
+
+
+def accuracy_section(out: Path) -> list[str]:
+    """The regularisation recipe's one run (its summary.json: n = 1, no spread) and the architecture sweep's
+    seeds as harness.report groups them (mean and spread over seeds, ranked on validation accuracy)."""
+    from harness import report
+
+    lines = []
+    one = load(out / "recipe-convnext" / "summary.json")
+    if one:
+        subset = (f"; on {one.get('test_subset_images')} images of {Path(one['test_subset']).name}: "
+                  f"{_f(one.get('test_subset_acc'), '.2%')} (95% interval {_f(one.get('test_subset_ci95_low'), '.2%')}"
+                  f"–{_f(one.get('test_subset_ci95_high'), '.2%')})" if one.get("test_subset_acc") is not None else "")
+        lines += [f"{one.get('model')} with modern regularisation (configs/convnext_cifar.yaml), one run (n=1: no "
+                  f"spread): test accuracy {_f(one.get('test_acc'), '.2%')} on {one.get('test_images')} images, "
+                  f"top-5 {_f(one.get('test_top5'), '.2%')}{subset}; {one.get('epochs')} epochs, training "
+                  f"{_f(one.get('train_s'), '.1f')} s, wall {_f(one.get('wall_s'), '.1f')} s."]
+    groups = seed_groups(out)
+    if groups:
+        lines += [""] * bool(lines) + ["Architecture sweep (configs/sweeps/architectures.yaml), mean ± std over "
+                                       "seeds, ranked by validation accuracy:", "", report.seed_table(groups)]
+    return lines
+
+
 def speed_flags(acc: dict, t: dict) -> list[str]:
     return sanity.collect(sanity.interval(acc, ACCURACY), sanity.unstable(t, " s"))
 
@@ -306,6 +336,9 @@ def all_flags(out: Path) -> list[tuple[str, list[str]]]:
     d = load(out / "ddp" / "ddp_overhead.json")
     if d:
         found.append(("ddp overhead", ddp_flags(d)))
+    from harness.report import group_flags
+
+    found += [(f"arch-seeds {g['label']}", group_flags(g)) for g in seed_groups(out)]
     return [(where, flags) for where, flags in found if flags]
 
 
@@ -317,6 +350,7 @@ def to_markdown(out: Path, c: dict) -> str:
         3: ("3. Data path", data_section(data_rows(out)) if data_rows(out) else [], "data_ratio.png"),
         4: ("4. Time to accuracy", tta_section(out), "time_to_accuracy.png"),
         5: ("5. DDP overhead", ddp_section(out), None),
+        6: ("6. Accuracy: the regularisation recipe and the architecture seeds", accuracy_section(out), None),
     }
     lines = header(out, c)
     for group, (title, body, png) in sections.items():
