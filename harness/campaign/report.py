@@ -264,7 +264,7 @@ def tta_section(out: Path) -> list[str]:
                   f"time to target {_f(one.get('time_to_target_s'), '.1f', 'not reached')}"
                   f"{' s' if one.get('time_to_target_s') is not None else ''}, training "
                   f"{_f(one.get('train_s'), '.1f')} s, wall {_f(one.get('wall_s'), '.1f')} s, "
-                  f"{one.get('epochs')} epochs."]
+                  f"{one.get('epochs')} epochs ({one.get('steps')} steps)."]
     return lines
 
 
@@ -289,7 +289,7 @@ def accuracy_section(out: Path) -> list[str]:
                   f"–{_f(one.get('test_subset_ci95_high'), '.2%')})" if one.get("test_subset_acc") is not None else "")
         lines += [f"{one.get('model')} with modern regularisation (configs/convnext_cifar.yaml), one run (n=1: no "
                   f"spread): test accuracy {_f(one.get('test_acc'), '.2%')} on {one.get('test_images')} images, "
-                  f"top-5 {_f(one.get('test_top5'), '.2%')}{subset}; {one.get('epochs')} epochs, training "
+                  f"top-5 {_f(one.get('test_top5'), '.2%')}{subset}; {one.get('epochs')} epochs ({one.get('steps')} steps), training "
                   f"{_f(one.get('train_s'), '.1f')} s, wall {_f(one.get('wall_s'), '.1f')} s."]
     groups = seed_groups(out)
     if groups:
