@@ -418,13 +418,30 @@ def cli() -> None:
     def run():
         argv = sys.argv[1:]
         cfg = parse_args(C.Config, argv, prog="harness.train")  # --help exits here
-        if cfg.train.repeats > 1:  # N seeds around main(): harness/training/repeats.py
-            from harness.training.repeats import run_repeats
+        with process_group():
+            if cfg.train.repeats > 1:  # N seeds around main(): harness/training/repeats.py
+                from harness.training.repeats import run_repeats
 
-            return run_repeats(main, argv, cfg, Path(cfg.run.dir or default_run_dir(cfg.model.name)))
-        return main(argv)
+                return run_repeats(main, argv, cfg, Path(cfg.run.dir or default_run_dir(cfg.model.name)))
+            return main(argv)
 
     run_cli(run)
+
+
+@contextlib.contextmanager
+def process_group():
+    """Ends the process group accelerate started, once per job: after the last of train.repeats' runs (each
+    run's Accelerator reuses the group; ending it after a run made the next one fail on every rank), on
+    success or a stop request (SystemExit); not on an error, where another rank may still wait in a
+    collective."""
+    from accelerate import PartialState
+
+    try:
+        yield
+    except SystemExit:
+        PartialState().destroy_process_group()
+        raise
+    PartialState().destroy_process_group()
 
 
 if __name__ == "__main__":

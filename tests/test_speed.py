@@ -543,3 +543,22 @@ def test_speed_options_are_checked_before_the_run(override, needle):
 
     with pytest.raises(C.ConfigError, match=needle.replace(".", r"\.")):
         check_config(C.load(C.Config, None, [override]), world=1)
+
+
+def test_repeats_under_two_process_ddp_run_every_seed(tmp_path):
+    """train.repeats=2 on 2 gloo processes: each repeat's Accelerator reuses the job's process group (ending
+    it after the first run made the second fail on every rank), and repeats.json holds both runs."""
+    import sys
+
+    from tests.conftest import REPO
+
+    root = tmp_path / "data"
+    make_cifar(root)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "launch/accelerate/cpu_ddp.yaml"), str(REPO / "harness/train.py")]
+    run_harness([*FAST, f"data.root={root}", "train.max_steps=2", "train.repeats=2", f"run.dir={tmp_path / 'rep'}"],
+                launcher=launcher, timeout=400)
+    record = json.loads((tmp_path / "rep" / "repeats.json").read_text())
+    assert record["n"] == 2 and record["complete"] is True and [r["seed"] for r in record["runs"]] == [0, 1]
+    for k in range(2):
+        assert _summary(tmp_path / "rep" / f"seed-{k}")["world_size"] == 2

@@ -144,10 +144,9 @@ class RunDirectory:
     (metrics.jsonl, W&B): a resume that fails before that leaves the run's record as it was.
 
     Leaving the block is the run's one teardown, whichever way it is left (the end, a stop by a signal as
-    SystemExit, an error): the tracker closes with the exit code (W&B records it), accelerate's trackers end
-    and the process group goes, the lock is released. It records what happened; it decides nothing (what to
-    save, which exit code: the loop's). After an error the process group is left for the process's end, as
-    another rank may still be waiting in a collective."""
+    SystemExit, an error): the tracker closes with the exit code (W&B records it) and the lock is released.
+    It records what happened; it decides nothing (what to save, which exit code: the loop's). The process
+    group outlives the block: the job ends it once (harness.train.process_group), after its last run."""
 
     def __init__(self, cfg: C.Config, accelerator):
         self.cfg, self.acc = cfg, accelerator
@@ -213,8 +212,6 @@ class RunDirectory:
         code = 0 if error is None else error.code if isinstance(error, SystemExit) else getattr(error, "exit_code", 1)
         if self.tracker is not None:  # None: the run stopped before it started (`start`)
             self.tracker.close(code if isinstance(code, int) else 1)
-        if error is None or isinstance(error, SystemExit):
-            self.acc.end_training()
         if self.lock is not None:
             self.lock.release()
 
