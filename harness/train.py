@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     world, device, main_proc = accelerator.num_processes, accelerator.device, accelerator.is_main_process
     check_config(cfg, world)  # every key in range before anything is written
     torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: cuDNN picks its fastest convolutions once
-    with RunDirectory(cfg, accelerator) as run:  # lock, the recipe check on resume; leaving it tears down
+    # lock, the recipe check on resume; leaving it tears down. Out of memory anywhere in the run (the data on
+    # the device, the warm-up run, the loop, the final evaluation) is one line with the fix
+    with RunDirectory(cfg, accelerator) as run, out_of_memory_advice(cfg, accelerator, run.checkpoints.dir):
         # ---- data: each rank renders its slice of every global batch of one shared plan
         data = build_data(cfg, accelerator)
 
@@ -114,10 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate_now = functools.partial(evaluate, should_stop=lambda: stop.poll() != 0)
         loss_fn = cross_entropy(cfg.train.label_smoothing)
         batches, interval, epoch_meter = len(data.train_loader), Meter(device), Meter(device)
-        stop_signal, results, saved_step, lr = 0, {}, -1, schedule(state.step)
+        # the step of the last checkpoint written or loaded: a stop never saves the same step again
+        stop_signal, results, saved_step, lr = 0, {}, state.step if resumed else -1, schedule(state.step)
         start_wall = time.perf_counter()
-        with Progress(schedule.total, initial=state.step, unit="step", show=main_proc and cfg.run.progress) as progress, \
-                out_of_memory_advice(cfg, device, data.per_rank_batch, run.checkpoints.dir):
+        with Progress(schedule.total, initial=state.step, unit="step", show=main_proc and cfg.run.progress) as progress:
             say = progress.write if main_proc else (lambda line: None)
             say(metrics.CONSOLE_HEADER)
             model.train()
@@ -180,9 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
                     state.epoch_rates.append((state.batch - first_batch) * data.global_batch / epoch_s)
                     state.epoch, state.batch = state.epoch + 1, 0
                 finished = state.epoch >= cfg.train.epochs or state.step >= schedule.total
-                if stop_signal and not epoch_done:
+                evaluation_due = finished or (cfg.train.eval_every and state.epoch % cfg.train.eval_every == 0)
+                if stop_signal:  # the checkpoint now; the evaluation a finished epoch owes runs first on resume
+                    state.pending_eval = bool(epoch_done and evaluation_due)
                     break
-                if finished or (cfg.train.eval_every and state.epoch % cfg.train.eval_every == 0):
+                if evaluation_due:
                     results = evaluate_now()
                     if results is None:  # a stop signal arrived during the evaluation
                         state.pending_eval, stop_signal = True, stop.signum or signal.SIGTERM
@@ -363,8 +367,7 @@ def whiten(cfg: C.Config, raw_model: torch.nn.Module, data: RunData) -> tuple[to
 def stopped(run: RunDirectory, state: TrainState, signum: int, saved_step: int, say) -> None:
     """A stop signal ended the loop: checkpoint (unless the last save is this step's and complete), say how
     to resume, and leave with the exit code a scheduler reads (128 + the signal: 143 for SIGTERM)."""
-    path = run.checkpoints.save(state.step) if saved_step != state.step or state.pending_eval \
-        else run.checkpoints.latest()
+    path = run.checkpoints.save(state.step) if saved_step != state.step else run.checkpoints.latest()
     say(f"stopped by signal {signum} at epoch {state.epoch + 1}, batch {state.batch}: checkpoint {path}. "
         f"Resume with: train.resume=auto run.dir={run.path}")
     raise SystemExit(128 + signum)
@@ -403,13 +406,14 @@ def nan_error(cfg: C.Config, state: TrainState, lr: float, last: Path | None) ->
 
 
 @contextlib.contextmanager
-def out_of_memory_advice(cfg: C.Config, device, per_rank_batch: int, checkpoints_dir: Path):
+def out_of_memory_advice(cfg: C.Config, accelerator, checkpoints_dir: Path):
     """An out-of-memory error inside becomes one line naming the batch and the fix."""
     try:
         yield
     except torch.OutOfMemoryError:
         raise UserError(
-            f"out of memory on {device} with {per_rank_batch} images per process ({cfg.model.name}, "
+            f"out of memory on {accelerator.device} with {cfg.train.batch_size // accelerator.num_processes} "
+            f"images per process ({cfg.model.name}, "
             f"{cfg.train.precision}). Lower train.batch_size (now {cfg.train.batch_size}) and raise "
             f"train.grad_accum to keep the effective batch. Checkpoints in {checkpoints_dir} are intact.") from None
 

@@ -3,6 +3,7 @@ accumulation groups, config ranges, and the throughput rows."""
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,6 +265,41 @@ def test_non_finite_weights_never_become_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match="not finite.*no checkpoint was written"):
         ck.save(2)
     assert ck.latest() == good and not (tmp_path / "checkpoints" / "step-000000002").exists()
+
+
+def test_saving_a_step_again_never_leaves_it_without_a_checkpoint(tmp_path, monkeypatch):
+    """A step saved twice (a stop right after a periodic save, or a resumed evaluation stopped again) with
+    keep=1: the old copy is moved aside, not deleted, until the new one is in place. A kill between the two
+    renames (simulated: the second os.replace raises) leaves a checkpoint that `latest` and train.resume=auto
+    find; a finished re-save leaves no copy aside."""
+
+    from accelerate import Accelerator
+
+    from harness.run import checkpoints as CK
+
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpoints(tmp_path, acc, keep=1)
+    ck.attach(model)
+    first = ck.save(3)
+    again = ck.save(3)
+    assert again == first and ck.latest() == first and [p.name for p in ck.dir.iterdir() if "step" in p.name] == [first.name]
+    replace = os.replace
+
+    def killed(src, dst):
+        if Path(dst) == first:  # the new copy's rename into place: the process is killed before it
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(CK.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(3)
+    monkeypatch.setattr(CK.os, "replace", replace)
+    found = ck.latest()
+    assert found is not None and found.name == CK.ASIDE + first.name and CK.checkpoint_step(found) == 3
+    assert CK.resolve_resume("auto", ck) == found
+    ck.save(3)  # the next save of the step puts it back in place and removes the copy aside
+    assert ck.latest() == first and not (ck.dir / (CK.ASIDE + first.name)).exists()
 
 
 # ---- the loop, end to end -------------------------------------------------------------------------------------

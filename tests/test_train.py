@@ -296,6 +296,62 @@ def test_sigterm_mid_epoch_then_resume_equals_a_straight_run(tmp_path, learnable
     assert summary(stopped)["steps"] == summary(straight)["steps"] == 80
 
 
+def test_a_stop_at_an_epochs_end_checkpoints_at_once_and_the_resume_evaluates_first(tmp_path, learnable_root,
+                                                                                     monkeypatch):
+    """A stop signal on an epoch's last step: no evaluation is started (it could only be cut after a batch
+    or two, spending the signal's grace period before the checkpoint); the checkpoint owes the evaluation,
+    and the resumed start does it before training on, so the epoch's row is there once."""
+    import harness.train as T
+
+    original = T.StopRequest
+
+    class StopAtEpochEnd(original):
+        polls = 0
+
+        def poll(self):  # the signal arrives with the 8th step, the last of epoch 1 (256 images / 32)
+            StopAtEpochEnd.polls += 1
+            if StopAtEpochEnd.polls == 8:
+                self.signum = signal.SIGTERM
+            return super().poll()
+
+    evaluations = []
+    evaluate_all = T.evaluate_all
+    monkeypatch.setattr(T, "evaluate_all", lambda *a, **k: evaluations.append(1) or evaluate_all(*a, **k))
+    monkeypatch.setattr(T, "StopRequest", StopAtEpochEnd)
+    args = FAST + [f"data.root={learnable_root}", f"run.dir={tmp_path / 'run'}", "train.epochs=2",
+                   "data.limit_train=256"]
+    try:
+        with pytest.raises(SystemExit) as stop:
+            T.main(args)
+    finally:
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, signal.SIG_DFL)
+    assert stop.value.code == 128 + signal.SIGTERM and evaluations == []
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000000008"
+    assert (checkpoint / "COMPLETE").is_file() and rows(tmp_path / "run", "epoch") == []
+    monkeypatch.setattr(T, "StopRequest", original)
+    try:
+        T.main(args + ["train.resume=auto"])
+    finally:
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, signal.SIG_DFL)
+    assert [r["epoch"] for r in rows(tmp_path / "run", "epoch")] == [1, 2] and summary(tmp_path / "run")["steps"] == 16
+
+
+def test_out_of_memory_in_the_warm_up_run_is_the_one_line_advice(tmp_path, learnable_root, monkeypatch):
+    """train.warmup_run's full-batch steps come before the loop: running out of memory there is the same one
+    line as in the loop (the batch per process and the fix), not a traceback."""
+    import harness.train as T
+    from harness.errors import UserError
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(T, "warm_up", out_of_memory)
+    with pytest.raises(UserError, match=r"out of memory on cpu with 32 images per process .*Lower train.batch_size"):
+        T.main(FAST + [f"data.root={learnable_root}", f"run.dir={tmp_path / 'run'}", "train.warmup_run=true"])
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path, learnable_root):
     run = tmp_path / "nan"
     run_harness(FAST + [f"data.root={learnable_root}", f"run.dir={run}"])

@@ -30,6 +30,7 @@ from harness.models.weights import load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+ASIDE = ".old-"  # a checkpoint moved aside while the same step is saved again (Checkpoints.save)
 
 
 def fsync_dir(path) -> None:
@@ -124,7 +125,10 @@ class Checkpoints:
             p = self.dir / pointer.read_text().strip()
             if self._complete(p):
                 return p
-        done = sorted(p for p in self.dir.glob("step-*") if self._complete(p))
+        # by step; a checkpoint moved aside by a save of the same step that was killed counts, after its twin
+        found = [*self.dir.glob("step-*"), *self.dir.glob(f"{ASIDE}step-*")]
+        done = sorted((p for p in found if self._complete(p)),
+                      key=lambda p: (p.name.removeprefix(ASIDE), not p.name.startswith(ASIDE)))
         return done[-1] if done else None
 
     def save(self, step: int) -> Path:
@@ -146,11 +150,16 @@ class Checkpoints:
             (tmp / CONFIG).write_text(self.config_yaml)
             _fsync_tree(tmp)
             write_durable(tmp / "COMPLETE", f"{step}\n")
-            if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-                shutil.rmtree(final)
+            # the same step saved again (e.g. a signal right after a periodic save): the old copy is moved
+            # aside, not deleted, until the new one is in place; `latest` finds it if a kill comes between
+            aside = self.dir / f"{ASIDE}{final.name}"
+            if final.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(final, aside)
             os.replace(tmp, final)
             write_durable(self.dir / "latest", final.name + "\n")
-            fsync_dir(self.dir)  # the rename and the new pointer themselves
+            fsync_dir(self.dir)  # the renames and the new pointer themselves
+            shutil.rmtree(aside, ignore_errors=True)
             for old in sorted(p for p in self.dir.glob("step-*") if p != final)[: -self.keep + 1 or None]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
