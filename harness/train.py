@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         keep_best = functools.partial(run.save_weights, raw_model, ema.module if ema is not None else None,
                                       which="best", model=cfg.model.name, num_classes=data.num_classes)
         # train.log_grad_norms: per-layer gradient norms, summed on the device, read at log intervals
-        grad_norms = GradNorms(raw_model, run.path / "grad_norms.jsonl", main_proc) if cfg.train.log_grad_norms else None
+        grad_norms = GradNorms(raw_model) if cfg.train.log_grad_norms else None
         if cfg.train.warmup_run:  # speed option: compile on throwaway steps, then restore
             warm_up(model, raw_model, optimizer, data.train_loader, accelerator, label_smoothing=cfg.train.label_smoothing)
             warm_up_evaluation(model, ema, data.eval_loaders, accelerator, cfg.train.tta)  # the final eval is timed
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
                         if not math.isfinite(row["loss"]):
                             raise nan_error(cfg, state, lr, run.checkpoints.latest())
                         run.tracker.log(row)
-                        if grad_norms is not None:
-                            grad_norms.log(state.step, row["epoch"])  # the interval's mean norm per layer
+                        if grad_norms is not None:  # the interval's mean norm per layer: grad_norms.jsonl
+                            run.tracker.log_grad_norms(grad_norms.row(state.step, row["epoch"]))
                         progress.update(0, loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.0f}")
                         interval.reset(state.step)
                     stop_signal = stop.poll()  # every step, never blocking: the verdict of one step ago

@@ -68,6 +68,11 @@ def test_resume_refuses_a_changed_recipe_in_one_line_and_records_what_it_allows(
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "does not fit this run's optimiser" in proc.stderr and "optim.name" in proc.stderr
     assert record(run) == before  # config.yaml, provenance.json, metrics.jsonl and W&B as they were
+    # forced, EMA switched on: the checkpoint holds fewer objects than the run registers; said as such
+    proc = run_harness([*args, "train.resume=auto", "train.ema=0.9", "train.resume_force=true"], check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "holds other objects than this run's (TrainState, EMA): train.ema or train.lookahead_every" in proc.stderr
+    assert record(run) == before
 
     # allowed changes resume, and are recorded; config.yaml then describes the run as it now is
     proc = run_harness([*args, "train.resume=auto", "train.epochs=2"])

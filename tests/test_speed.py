@@ -450,6 +450,34 @@ def test_warmup_run_changes_nothing_but_the_clock(tmp_path):
     assert warm["warmup_run"] is True and warm["time_s"] >= warm["train_s"] > 0
 
 
+def test_warmup_run_puts_the_gradient_scaler_back():
+    """fp16's gradient scaler moves its scale with every step (here x2 a step: growth_interval=1); the
+    throwaway steps must leave it where it was, as the weights and the optimiser's state. A scaler on the
+    CPU stands in for the GPU's: accelerate drives it the same way (backward scales, the step unscales and
+    updates)."""
+    from accelerate import Accelerator
+
+    from harness.training.warmup import warm_up
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    model = torch.nn.Linear(4, 3)
+    net, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+    class Batches:
+        def set_epoch(self, epoch): ...
+
+        def load_state_dict(self, state): ...
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            return iter([(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(5)])
+
+    before = model.weight.detach().clone()
+    assert warm_up(net, model, optimizer, Batches(), accelerator, steps=3) == 3
+    assert accelerator.scaler.get_scale() == 1024.0 and torch.equal(model.weight, before)
+
+
 def test_speed_recipe_repeats_write_statistics(tmp_path):
     """configs/speed94.yaml at smoke size (airnet, whitening, Muon, frozen BN scales, TTA, warm-up run,
     alternating flip, reflect padding), twice, on data with a test_exact.json beside it: repeats.json holds

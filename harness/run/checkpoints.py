@@ -102,17 +102,23 @@ class Checkpoints:
             if obj is not None:
                 self.acc.register_for_checkpointing(obj)
         if path is not None:
+            fix = (f"Resume with the recipe it was written with ({path.parent.parent / CONFIG}), or start a new "
+                   f"run.dir from its weights with model.init_from={path.parent.parent}")
             try:
                 self.acc.load_state(str(path))
+            except torch.OutOfMemoryError:
+                raise  # not a mismatch: the run's out-of-memory advice names the batch and the fix
             except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
                 # torch's optimisers check little when loading: SGD's state in AdamW is a KeyError ('step')
                 # from Adam.__setstate__, other groups a ValueError; the same on every rank
                 first = (str(e).strip().splitlines() or [""])[0]
-                raise UserError(
-                    f"checkpoint {path} does not fit this run's optimiser or objects ({type(e).__name__}: "
-                    f"{first}): it was written by another optim.name or other parameter groups. Resume with "
-                    f"the recipe it was written with ({path.parent.parent / 'config.yaml'}), or start a new "
-                    f"run.dir from its weights with model.init_from={path.parent.parent}") from None
+                if "custom checkpoints" in first:  # accelerate: other objects registered than were saved
+                    names = ", ".join(type(o).__name__ for o in objects if o is not None)
+                    raise UserError(f"checkpoint {path} holds other objects than this run's ({names}): "
+                                    f"train.ema or train.lookahead_every was switched on or off. {fix}") from None
+                raise UserError(f"checkpoint {path} does not fit this run's optimiser or objects "
+                                f"({type(e).__name__}: {first}): it was written by another optim.name or other "
+                                f"parameter groups. {fix}") from None
         return path
 
     def _complete(self, path: Path) -> bool:

@@ -14,7 +14,7 @@ Layout of `run.dir`:
                       run.log_every, kind "epoch" rows (the rows' and the summary's keys: harness/run/metrics.py)
   summary.json        the final numbers (test_acc, val_acc, best_val_epoch, wall_s, train_images_per_s, ...)
   grad_norms.jsonl    with train.log_grad_norms: per-layer gradient norms at run.log_every
-  checkpoints/        step-NNNNNNN/ (accelerate save_state folders) and `latest`, a one-line pointer
+  checkpoints/        step-NNNNNNNNN/ (accelerate save_state folders) and `latest`, a one-line pointer
   model.safetensors   the last epoch's weights (ema.safetensors with EMA)
   best.safetensors    with a validation split: the best validation epoch's weights (best_ema.safetensors
                       with EMA)
@@ -35,7 +35,8 @@ from harness import config as C
 from harness.errors import UserError, agreed
 from harness.models.weights import run_weights_file
 from harness.provenance import provenance
-from harness.run.checkpoints import CONFIG, Checkpoints, checkpoint_step, fsync_dir, resolve_resume
+from harness.run.checkpoints import (CONFIG, Checkpoints, checkpoint_step, fsync_dir, resolve_resume,
+                                     write_durable)
 from harness.run.tracker import Tracker
 from harness.tables import write_json
 
@@ -185,7 +186,7 @@ class RunDirectory:
     def _record(self, resumed: Path | None) -> None:
         """config.yaml (this start's config) and this start's entry in provenance.json (main process)."""
         cfg, acc = self.cfg, self.acc
-        (self.path / "config.yaml").write_text(C.to_yaml(cfg))
+        write_durable(self.path / CONFIG, C.to_yaml(cfg))  # whole or as it was, after a kill
         record = provenance(acc.num_processes, acc.device)
         record.update(config=C.to_dict(cfg), data_files=data_files(cfg.data),
                       resumed_from=str(resumed) if resumed is not None else None,

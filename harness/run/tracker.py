@@ -1,4 +1,4 @@
-"""Tracking: metrics.jsonl and the W&B run, written by rank 0 from one place.
+"""Tracking: metrics.jsonl, grad_norms.jsonl and the W&B run, written by rank 0 from one place.
 
 One run directory is one W&B run (its id in `run.dir/wandb_id`), however many times it starts. W&B runs
 offline unless credentials are configured (`wandb_mode`), so nothing ever waits on a login prompt or the
@@ -128,6 +128,14 @@ class Tracker:
         self._file.flush()
         if self.run is not None and row["kind"] != "segment" and row["step"] > self.floor:
             self.acc.log(to_wandb(row), step=row["step"])
+
+    def log_grad_norms(self, row: dict | None) -> None:
+        """A grad_norms.jsonl row (harness.training.gradflow; None: nothing measured). A resumed start
+        appends the steps it trains again after the earlier start's rows: the later row of a step is the
+        run as it stands, as in metrics.jsonl."""
+        if self.main and row is not None:
+            with open(self.path.parent / "grad_norms.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def summary(self, summary: dict) -> None:
         """The run's final numbers, everything summary.json holds, into the W&B run summary under the same

@@ -1,7 +1,7 @@
 """Evaluation: exact accuracy, top-5 accuracy and loss over all processes, with optional test-time
 augmentation (train.tta: none, flip or flip_translate), the accuracy on a named subset of the split
-(data.test_subset), its own clock, and a progress display. The one evaluation: the loop, its stop path
-and its final summary call it.
+(data.test_subset), its own clock, and a progress display. The one evaluation: the loop, a resumed start
+that owes one (a stop cut it short) and the final summary call it.
 
 Exact across ranks: evaluation loaders pad the last batch with label -1 (never counted) so every rank
 runs the same number of equal-shape batches, and the counts are summed over ranks: no sample is dropped

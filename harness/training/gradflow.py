@@ -7,17 +7,15 @@ skip connections. `GradNorms(model, path)` answers it cheaply enough to leave on
     2-image forward pass with hooks; depth 0 is the layer nearest the input;
   * `accumulate()` after each optimiser step's backward: one `torch._foreach_norm` over those weights'
     gradients and one add into a tensor on the device: no host sync per layer or per step;
-  * `log(step, epoch)` at the log interval: the interval's mean norm per layer, read with one `.tolist()`,
-    appended by the main process to `grad_norms.jsonl` as {"step", "epoch", "steps", "layers": [[name, depth,
-    norm], ...]}. `python -m harness.report` draws norm against depth per model and over training.
+  * `row(step, epoch)` at the log interval: the interval's mean norm per layer, read with one `.tolist()`,
+    as {"step", "epoch", "steps", "layers": [[name, depth, norm], ...]}, which the run's tracker appends to
+    `grad_norms.jsonl` (harness/run/tracker.py: the files are run/'s). `python -m harness.report` draws norm
+    against depth per model and over training.
 
 `norms_once(model, images, labels)` is the same measurement for one batch, outside training (the test at
 initialisation, a notebook), through the loop's own step (harness/training/step.py) on the bare model.
 """
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,7 +54,7 @@ def weight_layers(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
 class GradNorms:
     """Mean per-layer gradient norm over each log interval, kept on the device between reads."""
 
-    def __init__(self, model: nn.Module, path: str | Path | None = None, main: bool = True):
+    def __init__(self, model: nn.Module):
         layers = weight_layers(model)
         self.names = [name for name, _ in layers]
         self.weights = [m.weight for _, m in layers]
@@ -64,8 +62,6 @@ class GradNorms:
         self.sum = torch.zeros(len(self.weights), device=device, dtype=torch.float32)
         self.zero = torch.zeros((), device=device, dtype=torch.float32)
         self.steps = 0
-        self.path = Path(path) if path is not None else None
-        self.main = main
 
     def accumulate(self) -> None:
         """Add this step's gradient norms (call after backward, before zero_grad). Frozen layers count 0."""
@@ -87,13 +83,11 @@ class GradNorms:
         self.steps = 0
         return [[name, depth, norm] for depth, (name, norm) in enumerate(zip(self.names, means))]
 
-    def log(self, step: int, epoch: float) -> None:
-        """Read the interval's norms and append them to the jsonl file (main process only writes)."""
+    def row(self, step: int, epoch: float) -> dict | None:
+        """The interval's norms as a grad_norms.jsonl row (None when no step was accumulated), then reset."""
         steps = self.steps
         layers = self.read()
-        if self.main and self.path is not None and steps:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "steps": steps, "layers": layers}) + "\n")
+        return {"step": step, "epoch": epoch, "steps": steps, "layers": layers} if steps else None
 
 
 def norms_once(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[list]:

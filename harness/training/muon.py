@@ -123,7 +123,7 @@ class Muon(torch.optim.Optimizer):
     def _sgd(self, group: dict, params: list) -> None:
         """torch's SGD update, in at most two calls: tensors that have a momentum buffer, and those
         taking their first step (torch's fused kernel wants all or none of the buffers)."""
-        fused = params[0].device.type in _fused_devices()
+        fused = params[0].device.type in fused_devices()
         has = [p for p in params if "momentum_buffer" in self.state[p]]
         new = [p for p in params if "momentum_buffer" not in self.state[p]]
         for ps in (has, new):
@@ -171,8 +171,8 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_add_(params, updates, alpha=-lr)
 
 
-def _fused_devices() -> list[str]:
-    """Device types with torch's fused SGD kernel."""
+def fused_devices() -> list[str]:
+    """Device types with torch's fused optimiser kernels (SGD, AdamW): build_optimizer's and Muon's test."""
     try:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 

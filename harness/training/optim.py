@@ -35,7 +35,7 @@ from torch import nn
 
 from harness import config as C
 from harness.training.freeze import freeze_norm_weights, stage_depths
-from harness.training.muon import Muon
+from harness.training.muon import Muon, fused_devices
 
 # airbench94's triangle: 0.2 x peak at step 0, the peak at 23% of the steps, then down to the floor
 TRIANGULAR_START, TRIANGULAR_PEAK_AT = 0.2, 0.23
@@ -172,12 +172,7 @@ def build_optimizer(model: torch.nn.Module, cfg: C.OptimConfig, lr: float, batch
     """SGD, AdamW or Muon over `param_groups` (parameters already on their device), fused where PyTorch has
     a fused kernel for that device: one kernel for the whole update instead of a few per tensor group.
     `batch_ratio` (effective batch / optim.ref_batch_size) scales decoupled weight decay."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        fused = next(model.parameters()).device.type in _get_fused_kernels_supported_devices()
-    except ImportError:
-        fused = False
+    fused = next(model.parameters()).device.type in fused_devices()
     groups = [g.torch_group(lr) for g in param_groups(model, cfg, lr, batch_ratio, step_limits)]
     if cfg.name == "muon":
         return Muon(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

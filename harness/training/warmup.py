@@ -2,8 +2,8 @@
 
 airbench times a run only after a first, untimed one has compiled the model and let cuDNN pick its
 kernels. Here the same happens inside one run: a few training steps on the real model and optimiser,
-after which the weights, BatchNorm statistics, optimiser state (momentum buffers, step counts) and RNG
-states are put back exactly as they were. The run that follows is then the run it would have been, minus
+after which the weights, BatchNorm statistics, optimiser state (momentum buffers, step counts), fp16's
+gradient scaler and RNG states are put back exactly as they were. The run that follows is then the run it would have been, minus
 the compile time in its clock. (Evaluation compiles its own graph at its first call, outside the training
 clock anyway.)
 """
@@ -34,6 +34,10 @@ def warm_up(model, raw_model: torch.nn.Module, optimizer, loader, accelerator, s
     device = accelerator.device
     weights = copy.deepcopy(raw_model.state_dict())
     opt_state = copy.deepcopy(optimizer.state_dict())
+    # fp16: the gradient scaler's scale and growth count move with every step; the optimiser's state dict
+    # does not hold them (accelerate keeps the scaler beside it)
+    scaler = getattr(accelerator, "scaler", None)
+    scaler_state = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
     rng = _rng_state(device)
     loader.set_epoch(0)
     loader.load_state_dict({"epoch": 0, "batch": 0})
@@ -50,5 +54,7 @@ def warm_up(model, raw_model: torch.nn.Module, optimizer, loader, accelerator, s
         torch.cuda.synchronize(device)
     raw_model.load_state_dict(weights)
     optimizer.load_state_dict(opt_state)
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state)
     _set_rng_state(rng, device)
     return taken
