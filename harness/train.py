@@ -221,6 +221,7 @@ class RunData:
     dataset: Dataset  # name, class names, the test split, where it was read from
     train: Split
     val: Split | None
+    test: Split  # the test images evaluated (the first train.eval_limit of them in a smoke run)
     num_classes: int
     backend: str
     train_loader: object
@@ -247,9 +248,9 @@ def load_data(cfg: C.Config, accelerator) -> Dataset:
     return first if first is not None else later
 
 
-def split_train_val(ds: Dataset, limit: int, val_size: int) -> tuple[Split, Split | None]:
-    """data.limit_train keeps the first N training images; data.val_size holds out the last N of those."""
-    n = len(ds.train) if limit <= 0 else min(limit, len(ds.train))
+def split_train_val(ds: Dataset, n: int, val_size: int) -> tuple[Split, Split | None]:
+    """The first `n` training images (data.limit_train's, checks.check_split); data.val_size holds out the
+    last N of those."""
     cut = n - val_size
     train = Split(ds.train.images[:cut], ds.train.labels[:cut])
     val = Split(ds.train.images[cut:n], ds.train.labels[cut:n]) if val_size > 0 else None
@@ -261,10 +262,9 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     ds = attach_test_subset(load_data(cfg, accelerator), cfg.data.test_subset, cfg.data.root)  # test_exact.json
     ds = select_classes(ds, cfg.data.classes)  # data.classes: a subset, relabelled 0..k-1
-    check_split(len(ds.train), cfg.data)
-    train, val = split_train_val(ds, cfg.data.limit_train, cfg.data.val_size)
-    test, limit = ds.test.first(cfg.train.eval_limit), cfg.train.eval_limit  # train.eval_limit: smoke runs
-    val = val.first(limit) if val is not None else None
+    train, val = split_train_val(ds, check_split(len(ds.train), cfg.data), cfg.data.val_size)
+    test = ds.test.first(cfg.train.eval_limit)  # train.eval_limit: smoke runs
+    val = val.first(cfg.train.eval_limit) if val is not None else None
     num_classes = cfg.model.num_classes or ds.num_classes
     backend = resolve_backend(cfg.data.backend, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
@@ -281,7 +281,7 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
                     for name, s in (("val", val), ("test", test)) if s is not None}
     eval_subsets = {} if ds.test_subset is None else \
         {"test": subset_flags(eval_loaders["test"], ds.test_subset[:len(test)])}
-    return RunData(ds, train, val, num_classes, backend, train_loader, eval_loaders, eval_subsets, per_rank_batch,
+    return RunData(ds, train, val, test, num_classes, backend, train_loader, eval_loaders, eval_subsets, per_rank_batch,
                    per_rank_batch * world, math.ceil(len(train_loader) / cfg.train.grad_accum))
 
 
@@ -324,7 +324,7 @@ def describe(cfg: C.Config, data: RunData, accelerator, peak_lr: float, run_dir:
 
 def test_count(cfg: C.Config, data: RunData) -> str:
     """'10000 test', '500 test (train.eval_limit)', then ' (1000 in test_exact.json)' with data.test_subset."""
-    n = len(data.dataset.test) if cfg.train.eval_limit <= 0 else min(cfg.train.eval_limit, len(data.dataset.test))
+    n = len(data.test)
     text = f"{n} test" + (" (train.eval_limit)" if cfg.train.eval_limit > 0 else "")
     if data.dataset.test_subset is not None:
         text += f" ({int(data.dataset.test_subset[:n].sum())} in {Path(data.dataset.test_subset_name).name})"

@@ -123,8 +123,10 @@ def _check_eval_limit(t: C.TrainConfig) -> None:
                                 f"train.eval_limit=0 to evaluate every image")
 
 
-def check_split(n_train: int, data: C.DataConfig) -> None:
-    """data.val_size against the training images there are (after data.limit_train): some must be left."""
+def check_split(n_train: int, data: C.DataConfig) -> int:
+    """data.val_size against the training images there are (after data.limit_train): some must be left.
+    Returns how many training images the run uses (validation included)."""
     n = n_train if data.limit_train <= 0 else min(data.limit_train, n_train)
     if data.val_size >= n:
         raise UserError(f"data.val_size={data.val_size} leaves no training images out of {n}; lower it.")
+    return n

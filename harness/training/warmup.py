@@ -3,9 +3,9 @@
 airbench times a run only after a first, untimed one has compiled the model and let cuDNN pick its
 kernels. Here the same happens inside one run: a few training steps on the real model and optimiser,
 after which the weights, BatchNorm statistics, optimiser state (momentum buffers, step counts), fp16's
-gradient scaler and RNG states are put back exactly as they were. The run that follows is then the run it would have been, minus
-the compile time in its clock. (Evaluation compiles its own graph at its first call, outside the training
-clock anyway.)
+gradient scaler and RNG states are put back exactly as they were. The run that follows is then the run it
+would have been, minus the compile time in its clock. (Evaluation compiles its own graph at its first
+call, outside the training clock anyway.)
 """
 from __future__ import annotations
 
