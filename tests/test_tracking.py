@@ -345,3 +345,21 @@ def test_wandb_online_for_a_key_a_netrc_elsewhere_or_a_self_hosted_server(clean_
     assert wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")  # an explicit mode always wins
     assert wandb_mode() == "disabled"
+
+
+def test_a_line_cut_short_by_a_kill_ends_before_the_next_start_writes(tmp_path):
+    """A kill mid-write leaves metrics.jsonl without its last newline: the next start ends that line first,
+    so its segment row is whole and the cut line is the only one read_rows skips."""
+    from accelerate import Accelerator
+
+    from harness import config as C
+    from harness.run.tracker import Tracker
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"kind": "step", "step": 1}) + "\n" + '{"kind": "step", "st')
+    cfg = C.load(C.Config, None, ["run.wandb=false"])
+    tracker = Tracker(tmp_path, Accelerator(cpu=True), cfg, start_step=1)
+    tracker.log({"kind": "step", "step": 2})
+    tracker.close()
+    rows = metrics.read_rows(path)
+    assert [r["kind"] for r in rows] == ["step", "segment", "step"] and rows[-1]["step"] == 2

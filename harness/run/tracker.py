@@ -115,7 +115,7 @@ class Tracker:
             for key, how in WANDB_SUMMARIES.items():
                 self.run.define_metric(key, step_metric="train/global_step", summary=how)
         self._file = open(self.path, "a")
-        if self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+        if self.path.stat().st_size and last_byte(self.path) != b"\n":
             self._file.write("\n")  # a line cut short by a kill ends here; read_rows skips it
         self.log(segment_row(earlier, start_step, resumed_from, run_id,
                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
@@ -156,6 +156,12 @@ class Tracker:
             if offline:  # wandb's own hint syncs one start's folder; the run's history is every start's
                 print(f"W&B is offline: `python -m harness.sync {self.path.parent}` uploads every start of this "
                       f"run into one W&B run (again after each resume)", file=sys.stderr, flush=True)
+
+
+def last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
