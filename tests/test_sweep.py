@@ -234,6 +234,21 @@ def test_local_launcher_runs_tiny_runs_then_skips_them(tmp_path):
     assert changed.returncode == 1 and changed.stdout.count("another config") >= 2
 
 
+def test_a_run_directory_of_the_same_recipe_is_no_mismatch(tmp_path):
+    """A run written before keys were added to the harness (data.mixup) or removed from it (train.tta_flip,
+    off), or resumed with train.resume_force=true, is the sweep's run; another optim.lr is not."""
+    (run,) = expand(write_sweep(tmp_path, {"grid": {"optim.lr": [0.1]}}))
+    stored = json.loads(json.dumps(run.resolved))
+    del stored["data"]["mixup"]
+    stored["train"].update(tta_flip=False, resume_force=True)
+    run.dir.mkdir(parents=True)
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert run.mismatch() is None
+    stored["optim"]["lr"] = 0.2
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert "another config (optim.lr: 0.2 -> 0.1)" in run.mismatch()
+
+
 def test_local_launcher_records_failures_and_goes_on(tmp_path):
     fixed = dict(C.parse_override(o) for o in FAST)
     fixed.update({"data.root": str(tmp_path / "no-data-here"), "data.download": False})

@@ -72,15 +72,18 @@ class Run:
 
     def mismatch(self) -> str | None:
         """If the run directory already holds a run of another config (the sweep file was edited but the
-        run's name did not change), the keys that differ: skipping or resuming it would be wrong."""
+        run's name did not change), the keys that differ: skipping or resuming it would be wrong. Compared as
+        a resume compares them (config.recipe_changes: keys added to or removed from the harness since, and
+        train.resume/resume_force, are no change)."""
         saved = self.dir / "config.yaml"
         if not saved.is_file():
             return None
-        old, new = C.flatten(yaml.safe_load(saved.read_text()) or {}), C.flatten(self.resolved)
-        keys = [k for k in sorted(set(old) | set(new)) if k != "train.resume" and old.get(k) != new.get(k)]
-        if not keys:
+        diff = C.recipe_changes(yaml.safe_load(saved.read_text()) or {}, C.from_dict(C.Config, self.resolved))
+        if not diff:
             return None
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if keys[4:] else "")
+        keys = list(diff)
+        changes = ", ".join(f"{k}: {C.value_text(diff[k][0])} -> {C.value_text(diff[k][1])}" for k in keys[:4]) + (
+            ", ..." if keys[4:] else "")
         return (f"{saved} was written for another config ({changes}); move that run directory away or give "
                 f"the sweep another out=DIR")
 
