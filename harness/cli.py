@@ -79,7 +79,7 @@ def _parse(cls, argv, prog, usage, positional, keep_foreign):
             key = flag_key(cls, flag)
             if flag != CONFIG_FLAG and key is None:
                 following = argv[i] if i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i] else None
-                raise unknown_option(cls, flag, value if eq else following, prog)
+                raise unknown_option(cls, flag, value if eq else following, prog, given=bool(eq))
             if not eq:
                 if i >= len(argv) or argv[i].startswith("-"):
                     raise ConfigError(f"{flag} needs a value: {flag} {'FILE.yaml' if key is None else 'DIR'}")
@@ -108,9 +108,11 @@ def _parse(cls, argv, prog, usage, positional, keep_foreign):
     return cfg, foreign
 
 
-def unknown_option(cls, flag: str, value: str | None, prog: str) -> ConfigError:
+def unknown_option(cls, flag: str, value: str | None, prog: str, given: bool = False) -> ConfigError:
     """`--model resnet18` -> "unknown option --model; did you mean model.name=resnet18?"; the value is the
-    one given (after = or as the next word), `true` for a switch, `...` when none was given."""
+    one given (after = or as the next word), `...` when none was given. A switch (a bool key) takes its
+    value only after = (`--dry-run=false`); the next word is no value of a switch (`--dry-run s.yaml` ->
+    dry_run=true)."""
     keys = C.leaf_keys(cls())
     close = C.close_keys(cls(), flag)
     if not close:
@@ -120,7 +122,9 @@ def unknown_option(cls, flag: str, value: str | None, prog: str) -> ConfigError:
                            + f" ({prog} --help lists every key)")
 
     def spelled(key):
-        text = value if value is not None else "true" if isinstance(keys[key], bool) else "..."
+        if isinstance(keys[key], bool):
+            return f"{key}={value if given else 'true'}"
+        text = value if value is not None else "..."
         return f"{key}={text}"
 
     meant = [spelled(k) for k in close]

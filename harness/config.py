@@ -183,13 +183,16 @@ def recipe_changes(stored: dict, cfg) -> dict[str, tuple]:
     """{dotted key: (stored value, new value)} for every key whose value differs between `stored` (a run's
     config.yaml as loaded) and `cfg`, outside NOT_COMPARED. A key the stored config lacks (added to the
     harness since) counts as unchanged when `cfg` holds its default: a new key's default keeps the old
-    behaviour."""
+    behaviour. A key `cfg` lacks (removed from the harness since) counts as unchanged when its stored value
+    is off (false, 0, null, empty): an option that was off did nothing. One that was on is named (a run
+    with train.tta_flip=true, which train.tta replaced, is another recipe for today's harness)."""
     old, new, default = flatten(stored or {}), flatten(yaml.safe_load(to_yaml(cfg))), leaf_keys(type(cfg)())
     missing = object()
     changes = {}
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, missing), new.get(key, missing)
-        if key in NOT_COMPARED or before == after or (before is missing and after == default.get(key, missing)):
+        if (key in NOT_COMPARED or before == after or (before is missing and after == default.get(key, missing))
+                or (after is missing and not before)):
             continue
         changes[key] = (None if before is missing else before, None if after is missing else after)
     return changes

@@ -176,7 +176,7 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
     import matplotlib
 
     from harness.models import load_run
-    from harness.models.weights import run_weights_file
+    from harness.models.weights import run_weights
 
     matplotlib.use("Agg")
     if not (run_dir / "config.yaml").is_file():
@@ -204,7 +204,7 @@ def inspect_run(run_dir: Path, out: Path, data_root: str | None = None, n_images
     worst = plot_misclassified(images, labels, probs, ds.classes, out / "misclassified.png")
     acc = float((preds == labels).mean())
     per_class = counts.diagonal() / np.maximum(counts.sum(1), 1)
-    weights = run_weights_file(which, ema=(run_dir / run_weights_file(which, ema=True)).is_file())
+    weights = run_weights(run_dir, which).name  # the file load_run loaded
     md = [f"# Inspection of {run_dir}\n",
           f"Test accuracy {100 * acc:.2f}% on {len(labels)} images ({ds.name}, weights: {weights}).\n",
           "| class | test accuracy | images |", "|---|---|---|",

@@ -1,6 +1,6 @@
 """Reports: the architecture comparison and the scaling study, from run directories (or from W&B).
 
-    python -m harness.report RUNS_DIR out=DIR [wandb_project=P [wandb_group=G]]   (--out DIR is out=DIR)
+    python -m harness.report RUNS_DIR [out=DIR] [wandb_project=P [wandb_group=G]]   (--out DIR is out=DIR)
 
 Every run directory under <runs dir> is read (a folder holding summary.json, config.yaml,
 metrics.jsonl, provenance.json or a sweep's launch.log; checkpoints/ and wandb/ are not searched).
@@ -8,7 +8,7 @@ A run with summary.json is complete; one without (crashed, stopped or still runn
 incomplete with how far it got, never silently dropped. Offline this needs nothing but the files;
 `wandb_project=P` reads runs from W&B instead (or as well) and says so clearly when W&B is unreachable.
 
-Written to out=DIR:
+Written to out=DIR (default runs/report-<UTC time>, never into the source tree):
   report.md              architecture table, scaling table (when world sizes differ), incomplete runs, plots
   runs.csv               one row per run, every number the tables use
   scaling.csv            when present: images/s, efficiency and time-to-target per process count
@@ -30,9 +30,11 @@ after the first (compilation) epoch (harness.run.metrics.throughput, the one def
 spread over those epochs. Scaling efficiency against linear = (ips_N / N) / (ips_1 / 1), each ips the
 median of the epoch rates of every run at that N. Rankings use validation accuracy (best_val_acc), never
 test; repeats are summarised by harness.stats (accuracy intervals inside [0, 1], none from fewer than 3
-runs). Every figure passes harness.sanity first: an efficiency above 105%, a spread wider than half its
-median, a scaling pair measured with one run each (no spread to judge it by), or a scaling group whose runs
-had different threads per process or launchers is flagged in the table, in the console and in the plot.
+runs). Every figure passes harness.sanity first: an efficiency above 105% (impossible), or below 80%
+(inefficient, with the reason the runs' step rows give: step and data milliseconds per process), a spread
+wider than half its median, an efficiency whose either side is a single epoch rate (no spread to judge it
+by), or a scaling group whose runs had different threads per process or launchers is flagged in the table,
+in the console and in the plot.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import config as C
 from harness import sanity, tables
 from harness.run import metrics
 from harness.cli import parse_args, run_cli
@@ -78,17 +81,6 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # the last line of a run killed mid-write
-    return rows
-
-
 def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -104,13 +96,6 @@ def curve_facts(epochs: list[dict]) -> dict:
     return {"curve": [(r["epoch"], r["test_acc"]) for r in rows],
             "best_test_acc": best["test_acc"] if best else None, "best_test_epoch": best["epoch"] if best else None,
             "last_test_acc": rows[-1]["test_acc"] if rows else None, "epochs_done": len(rows)}
-
-
-def epoch_rates(epochs: list[dict]) -> list[float]:
-    """The epoch rates a run's images/s is the median of (harness.run.metrics.throughput: after the first,
-    compilation, epoch; the first alone when the run had one): the samples its n and spread come from."""
-    rates = [r["images_per_s"] for r in epochs if r.get("images_per_s")]
-    return rates[1:] or rates
 
 
 def run_rates(r: dict) -> list[float]:
@@ -149,7 +134,9 @@ def run_record(name: str, source: str, summary: dict, cfg: dict, epochs: list[di
         # like with like: threads per process and launcher (provenance.json), and the epoch rates the
         # summary's images/s is the median of (after the first, compilation, epoch)
         "threads": (prov.get("threads") or {}).get("torch_threads"), "launcher": prov.get("launcher"),
-        "epoch_rates": epoch_rates(epochs),
+        "epoch_rates": metrics.steady_rates([r["images_per_s"] for r in epochs if r.get("images_per_s")]),
+        # training loss per epoch, for plot_train_loss (read here once, with the rest of the run)
+        "train_loss_curve": [(r["epoch"], r["train_loss"]) for r in epochs if r.get("train_loss") is not None],
         # the median step and data milliseconds of its step rows (log intervals): a scaling row's reason
         **{key: statistics.median(v) if (v := [r[key] for r in steps if r.get(key) is not None]) else None
            for key in ("step_ms", "data_ms")},
@@ -189,7 +176,7 @@ def wandb_records(project: str, group: str | None) -> list[dict]:
     """Runs of a W&B project (optionally one group, e.g. a sweep) as report records."""
     from harness.run.tracker import wandb_mode
 
-    hint = "The report works offline from run directories: python -m harness.report runs/ out=report/"
+    hint = "The report works offline from run directories: python -m harness.report runs/"
     if wandb_mode() != "online":
         raise UserError(f"W&B is offline here (no WANDB_API_KEY, no api.wandb.ai entry in ~/.netrc, or "
                         f"WANDB_MODE={os.environ.get('WANDB_MODE', '')}): cannot read project {project}. {hint}")
@@ -442,21 +429,12 @@ def spread_of(r: dict) -> tuple[float, float]:
 # repeats: runs that differ only in run.seed form one group, reported with harness.stats (mean ± std, n, 95% CI)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def group_key(rec: dict) -> str:
     """Everything that decides a run's result: its config without the run section (seed, directory, names,
-    logging) and without train.resume, plus the process count. Runs with no config are their own group."""
-    cfg = {k: v for k, v in _flat(rec.get("config") or {}).items()
-           if not k.startswith("run.") and k != "train.resume"}
+    logging) and without how it was started (config.NOT_COMPARED: train.resume, train.resume_force), plus
+    the process count. Runs with no config are their own group."""
+    cfg = {k: v for k, v in C.flatten(rec.get("config") or {}).items()
+           if not k.startswith("run.") and k not in C.NOT_COMPARED}
     if not cfg:
         return f"run:{rec['name']}"
     return json.dumps({**cfg, "world_size": rec.get("world_size")}, sort_keys=True, default=str)
@@ -470,10 +448,10 @@ def seed_groups(records: list[dict]) -> list[dict]:
     for r in records:
         if r["status"] == "complete":
             by_key.setdefault(group_key(r), []).append(r)
-    flat = {key: _flat(runs[0].get("config") or {}) for key, runs in by_key.items()}
+    flat = {key: C.flatten(runs[0].get("config") or {}) for key, runs in by_key.items()}
     # the keys that tell groups apart (besides the model): shown in the group's label
     varying = sorted({k for f in flat.values() for k in f if not k.startswith("run.") and k not in
-                      ("model.name", "train.resume") and len({str(g.get(k)) for g in flat.values()}) > 1})
+                      ("model.name", *C.NOT_COMPARED) and len({str(g.get(k)) for g in flat.values()}) > 1})
     groups = []
     for key, runs in by_key.items():
         runs = sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["name"]))
@@ -595,7 +573,7 @@ def plot_grad_flow(groups: list[dict], path: Path) -> bool:
 
     panels = []
     for g in sorted(groups, key=lambda g: g["label"]):  # plainnet18 beside plainnet34, resnet18 ...
-        rows = read_jsonl(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # written by harness.training.gradflow
+        rows = metrics.read_rows(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # harness.training.gradflow's
         if rows:
             panels.append((g, rows))
     if not panels:
@@ -636,9 +614,8 @@ def plot_train_loss(groups: list[dict], path: Path) -> bool:
     for g in groups:
         per_epoch: dict[int, list[float]] = {}
         for r in g["records"]:
-            for row in run_rows(Path(r["source"])):
-                if row.get("kind") == "epoch" and row.get("train_loss") is not None:
-                    per_epoch.setdefault(row["epoch"], []).append(row["train_loss"])
+            for epoch, loss in r["train_loss_curve"]:
+                per_epoch.setdefault(epoch, []).append(loss)
         if not per_epoch:
             continue
         epochs = sorted(per_epoch)
@@ -706,8 +683,10 @@ def build_report(records: list[dict], out: Path, source: str) -> Path:
                "batch per process, precision and device; images/s at one N is the median of the epoch rates (after "
                "the first) of every run at that N, with n and the spread (min–max, p10–p90 from 10). Flags "
                "(harness.sanity): efficiency above 105% is impossible for N processes sharing nothing; threads per "
-               "process and launcher must match the baseline's; a spread wider than half the median is unstable; "
-               "an efficiency from one epoch rate on a side cannot be told from noise (run more epochs). "
+               "process and launcher must match the baseline's; below 80% is inefficient, with the reason the "
+               "runs' step rows give (step and data milliseconds per process; the rest is synchronisation); a "
+               "spread wider than half the median is unstable; an efficiency from one epoch rate on a side cannot "
+               "be told from noise (run more epochs). "
                "A flagged point is drawn hollow, grey, with an x.\n",
                "![scaling](scaling.png)\n"]
     elif len({r["world_size"] for r in complete}) > 1:

@@ -185,6 +185,91 @@ def test_with_no_time_left_every_step_is_skipped_and_listed(tmp_path):
     assert json.loads((tmp_path / "campaign.json").read_text())["finished"] is True
 
 
+def _term_self(*args, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` at its limit: the handler runs right here
+
+
+def test_a_signal_during_set_up_exits_143_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """Before the call's record exists: one line, 128 + 15, nothing written. After it (the tiny CIFAR-10
+    being written): the call is recorded as stopped, its steps 'not reached', the temporary data removed."""
+    import harness.campaign as campaign
+
+    monkeypatch.setattr(campaign, "describe_device", _term_self)
+    with pytest.raises(SystemExit) as e:
+        main(["smoke=true", f"out={tmp_path / 'a'}"])
+    assert e.value.code == 143 and "while setting up: nothing measured" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    monkeypatch.undo()
+    made = []
+    monkeypatch.setattr(campaign, "tiny_cifar", lambda root: (made.append(root), _term_self()))
+    (tmp_path / "b" / "zoo").mkdir(parents=True)  # a figure already there: a stopped call's report flags it too
+    (tmp_path / "b" / "zoo" / "bench.json").write_text(json.dumps({"rows": [
+        {"model": "resnet18", "mode": "train", "batch_size": 512, "images_per_s": 1e6, "mfu": 2.5, "peak_source": "table"}]}))
+    with pytest.raises(SystemExit) as e:
+        main(["smoke=true", "steps=ddp,ladder", f"out={tmp_path / 'b'}"])
+    assert e.value.code == 143 and made and not made[0].exists()
+    assert "FLAGGED zoo resnet18 train b512: impossible: MFU 250%" in capsys.readouterr().err
+    c = json.loads((tmp_path / "b" / "campaign.json").read_text())
+    assert c["calls"][-1]["status"] == "stopped by signal 15"
+    assert {s["name"]: s["status"] for s in c["steps"] if s["status"] != "not selected"} == {
+        "ladder": "not reached", "ddp": "not reached"}
+    assert "PARTIAL: call 1 stopped by a signal" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_a_second_signal_while_the_step_ends_is_noted_not_raised(tmp_path, monkeypatch):
+    """The step's process sends the first SIGTERM (the campaign's own handler raises Stopped); another
+    arrives while end_group waits: the group is still ended and the step's record filled in."""
+    import harness.campaign as campaign
+
+    ended = []
+
+    def end_group_twice(proc, grace_s):
+        _term_self()  # the second signal
+        campaign_end_group(proc, grace_s)
+        ended.append(proc.returncode)
+
+    campaign_end_group = campaign.end_group
+    monkeypatch.setattr(campaign, "end_group", end_group_twice)
+    step = by_name("ddp")[0]
+    rec = campaign.record(step, Estimate(run_s=1), ["python"], "")
+    (tmp_path / "logs").mkdir()
+    child = [sys.executable, "-c", "import os, signal, time; os.kill(os.getppid(), signal.SIGTERM); time.sleep(60)"]
+    handlers = {s: signal.signal(s, campaign._raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(campaign.Stopped):
+            campaign.run_step(step, rec, tmp_path, child, 60, dict(os.environ))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert ended == [-signal.SIGTERM] and rec["status"].startswith("stopped by signal 15 after ")
+
+
+def test_a_step_run_again_keeps_every_earlier_attempt_and_the_report_shows_the_last_with_figures(tmp_path):
+    """Call 1 measured the ladder, call 2's re-run was cut before writing, call 3 runs it again: both earlier
+    attempts are kept, and the report shows call 1's rows, saying so."""
+    import harness.campaign as campaign
+    from harness import tables
+
+    rows = [{"model": "resnet18", "rung": "baseline (seed 001)", "images_per_s": 5000.0, "speedup_step": 1.0,
+             "speedup_total": 1.0}]
+    (tmp_path / "ladder").mkdir()
+    (tmp_path / "logs").mkdir()
+    tables.write_csv(tmp_path / "ladder" / "bench.csv", rows, list(rows[0]))
+    step = by_name("ladder")[0]
+    nothing = [sys.executable, "-c", "pass"]
+    for call in (1, 2):
+        rec = campaign.record(step, Estimate(run_s=1), nothing, "")
+        campaign.run_step(step, rec, tmp_path, nothing, 60, dict(os.environ), attempt_of=call)
+    assert (tmp_path / "ladder.previous-1" / "bench.csv").is_file() and (tmp_path / "ladder.previous-2").is_dir()
+    assert rec["status"] == "failed (no ladder/bench.json)"
+    md = to_markdown(tmp_path, _campaign([{}, {}, {"status": "done"}], [_step("ladder", status=rec["status"],
+                                                                                measured_in_call=3)]))
+    assert "| resnet18 | baseline (seed 001) | 5,000 |" in md
+    assert "its figures are call 1's attempt (ladder.previous-1)" in md
+    assert "[bench.csv](ladder.previous-1/bench.csv)" in md and "Earlier attempts: ladder from call 1" in md
+    assert "Cut short: ladder stopped before writing bench.json" in md
+
+
 def test_time_to_accuracy_is_not_run_on_random_images(tmp_path):
     c = main(["steps=tta-speed94,tta-fast-resnet18", f"data.root={tmp_path / 'no-data'}",
               f"out={tmp_path / 'out'}"])
@@ -284,7 +369,7 @@ def test_the_report_carries_spreads_and_flags_and_refuses_intervals_from_two_run
            "runs": [{"seed": 0, "test_acc": 0.0785, "time_s": 1.5}, {"seed": 1, "test_acc": 0.1247, "time_s": 44.0}]}
     (tmp_path / "tta-speed94" / "repeats.json").write_text(json.dumps(rep))
     c = {"device": {"name": "cpu", "gpu": False}, "provenance": {}, "steps": [], "calls": [], "finished": True}
-    write(tmp_path, c, plot=None)
+    write(tmp_path, c, plot=None, final=True)
     md = (tmp_path / "report.md").read_text()
     assert "impossible: MFU 250% > 100% of the datasheet peak" in md
     assert "300,000 (n=3, min–max 290,000–310,000)" in md
@@ -321,6 +406,37 @@ def test_the_report_reads_what_a_cut_step_left(tmp_path):
     assert "| resnet18 | +bf16 | 9,000 | 1.80x | 1.80x |" in md
     assert "Cut short: 3 of the 10 planned runs finished." in md and "n=3" in md
     assert "PARTIAL: call 1 stopped by a signal" in md
+    assert "Cut short: ladder stopped before writing bench.json; these are its rows so far (bench.csv)." in md
+
+
+def test_the_data_path_keeps_each_steps_rows_apart(tmp_path):
+    """The data step (call 1) and the dali step (call 3) both measure torch and synthetic: each row says its
+    step, and the plot draws one series per step and backend."""
+    from harness.campaign.report import data_series, read
+
+    for step, ratio in (("data", 0.9), ("dali", 0.7)):
+        (tmp_path / step).mkdir()
+        rows = [{"model": "resnet18", "backend": b, "batch_size": 256, "images_per_s": 1000.0 * r,
+                 "vs_synthetic": r} for b, r in (("synthetic", 1.0), ("torch", ratio))]
+        (tmp_path / step / "data_bench.json").write_text(json.dumps({"training": rows}))
+    md = to_markdown(tmp_path, _campaign([{}]))
+    assert re.search(r"\| data \| resnet18 \| torch \| 256 \|", md) and re.search(r"\| dali \| resnet18 \| torch \|", md)
+    series = data_series(read(tmp_path).data)
+    assert {name: rows["resnet18"]["vs_synthetic"] for name, rows in series.items()} == {
+        "synthetic (data step)": 1.0, "torch (data step)": 0.9, "synthetic (dali step)": 1.0, "torch (dali step)": 0.7}
+
+
+def test_the_title_and_status_say_what_the_campaign_is(tmp_path):
+    """A smoke run on a GPU is no campaign's figures; a steps= subset is complete for those steps only."""
+    from harness.campaign.report import state, title
+
+    assert title(_campaign([{}])) == "# Campaign on NVIDIA H200"
+    assert title({**_campaign([{}]), "smoke": True}) == "# Campaign smoke run on NVIDIA H200: toy sizes, not a measurement"
+    assert title({**_campaign([{}], gpu=False), "smoke": True}).endswith(": CPU, not a GPU measurement")
+    steps = [_step("ddp"), _step("ladder", status="not selected", reason="steps=ddp")]
+    subset = {**_campaign([{"status": "done"}], steps), "config": {"steps": "ddp"}}
+    assert state(subset) == "complete for steps=ddp only; not selected: ladder"
+    assert state({**subset, "finished": True}) == "complete"
 
 
 def test_each_step_says_which_call_measured_it_and_on_what_data(tmp_path):

@@ -205,6 +205,8 @@ def _main(module):
     ("harness.bench", ["--models", "resnet18,airnet"], "model.name=resnet18,airnet"),
     ("harness.bench", ["--wandb"], "run.wandb=true"),
     ("harness.sweep", ["s.yaml", "--dry-run"], "dry_run=true"),
+    ("harness.sweep", ["--dry-run", "configs/sweeps/smoke.yaml"], "dry_run=true"),  # the next word is the sweep
+    ("harness.sweep", ["s.yaml", "--dry-run=false"], "dry_run=false"),
     ("harness.sweep", ["s.yaml", "--launcher", "slurm"], "launcher=slurm"),
     ("harness.report", ["runs", "--wandb-project", "me/p"], "wandb_project=me/p"),
     ("harness.inspect", ["runs/r", "--data-root", "/d"], "data.root=/d"),

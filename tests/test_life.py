@@ -107,6 +107,15 @@ def test_keys_added_to_the_config_since_a_run_count_as_unchanged_at_their_defaul
     assert set(C.RESUMABLE) <= set(C.leaf_keys(C.Config()))  # every allowed key exists
 
 
+def test_keys_removed_from_the_config_since_a_run_count_as_unchanged_when_they_were_off():
+    cfg = C.Config()
+    stored = C.to_dict(cfg)
+    stored["train"]["tta_flip"] = False  # a run from before train.tta replaced train.tta_flip
+    assert C.recipe_changes(stored, cfg) == {}
+    stored["train"]["tta_flip"] = True  # it evaluated with the mirror: another recipe, named
+    assert C.recipe_changes(stored, cfg) == {"train.tta_flip": (True, None)}
+
+
 def test_a_moved_data_root_resumes_only_when_it_holds_the_same_files(tmp_path):
     """check_recipe against a run directory written by hand: config.yaml, the last start's data files in
     provenance.json, a complete checkpoint."""

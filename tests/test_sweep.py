@@ -155,6 +155,23 @@ def test_slurm_launcher(tmp_path, monkeypatch, capsys):
     lines = (tmp_path / "out" / "commands.txt").read_text().splitlines()
     assert len(lines) == 4 and all(line.startswith("accelerate launch") for line in lines)
     assert "harness/train.py" in lines[1] and "--num_processes 1" in lines[0] and "--num_processes 2" in lines[1]
+    # threads per process from the array task's CPUs (sweep.sbatch's --cpus-per-task=16) over the largest run's
+    # 2 processes, not from this (login) machine: the same 8 for every run
+    assert all("--num_cpu_threads_per_process 8 " in line for line in lines)
+
+
+def test_slurm_threads_come_from_the_jobs_cpus_not_the_submitting_machine(tmp_path, capsys):
+    S.main([str(REPO / "configs" / "sweeps" / "scaling.yaml"), "launcher=slurm", "dry_run=true"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("accelerate")]
+    assert len(lines) == 4 and all("--num_cpu_threads_per_process 2 " in line for line in lines)  # 16 CPUs / 8
+    for args, threads in ((["--cpus-per-task=32"], 4), (["-c", "64"], 8), (["-c24"], 3)):
+        sweep = S.load_sweep(write_sweep(tmp_path, {"launcher": "slurm", "slurm": {"sbatch_args": args},
+                                                    "grid": {"gpus": [1, 8]}}))
+        assert {r.threads for r in S.expand(sweep)} == {threads}
+    few = S.load_sweep(write_sweep(tmp_path, {"launcher": "slurm", "slurm": {"sbatch_args": ["--cpus-per-task=4"]},
+                                              "grid": {"gpus": [1, 8]}}))
+    with pytest.raises(C.ConfigError, match=r"--cpus-per-task=4 is fewer CPUs than the 8 processes"):
+        S.expand(few)
 
 
 def test_array_spec():
@@ -163,8 +180,14 @@ def test_array_spec():
 
 
 def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
-    path = write_sweep(tmp_path, {"overrides": {"train.epochs": 2},
-                                  "grid": {"model.name": ["simple_cnn", "lenet5"], "optim.lr": [0.1, 0.2]}})
+    body = {"overrides": {"train.epochs": 2}, "grid": {"model.name": ["simple_cnn", "lenet5"], "optim.lr": [0.1, 0.2]}}
+    # the agents' machines are unknown here: their threads per process are the sweep file's to say
+    with pytest.raises(C.ConfigError, match="W&B agents' machines are unknown here; set threads_per_process"):
+        S.main([str(write_sweep(tmp_path, body)), "launcher=wandb"])
+    S.main([str(write_sweep(tmp_path, body)), "launcher=wandb", "threads_per_process=4"])
+    assert "--num_cpu_threads_per_process 4 " in " ".join(yaml.safe_load(
+        (tmp_path / "out" / "wandb_sweep.yaml").read_text())["command"])
+    path = write_sweep(tmp_path, {**body, "threads_per_process": 4})
     S.main([str(path), "launcher=wandb"])
     spec = yaml.safe_load((tmp_path / "out" / "wandb_sweep.yaml").read_text())
     assert spec["method"] == "grid"
@@ -178,7 +201,8 @@ def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     # no data.val_size in this sweep: no validation accuracy exists, and the user is told so
     assert "no validation set" in printed.err and "data.val_size" in printed.err
     assert "WARNING" in (tmp_path / "out" / "wandb_sweep.yaml").read_text()
-    with_val = write_sweep(tmp_path, {"overrides": {"data.val_size": 100}, "grid": {"optim.lr": [0.1]}}, "v")
+    with_val = write_sweep(tmp_path, {"overrides": {"data.val_size": 100}, "grid": {"optim.lr": [0.1]},
+                                    "threads_per_process": 4}, "v")
     S.main([str(with_val), "launcher=wandb"])
     assert "no validation set" not in capsys.readouterr().err
     # what an agent runs for the first grid point: W&B's own substitution (f"{name}={value}" per parameter,
@@ -194,7 +218,7 @@ def test_wandb_launcher_writes_a_sweep_definition(tmp_path, capsys):
     argv = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
     script = argv.index("harness/train.py")
     assert argv[0] == "launch" and argv[argv.index("--num_processes") + 1] == "1"
-    assert int(argv[argv.index("--num_cpu_threads_per_process") + 1]) >= 1
+    assert argv[argv.index("--num_cpu_threads_per_process") + 1] == "4"
     cfg = parse_args(C.Config, argv[script + 1:])
     assert cfg.run.dir == f"{tmp_path}/out/abc123" and cfg.run.wandb is True and cfg.run.wandb_group == "t"
     assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs) == ("simple_cnn", 0.1, 2)
@@ -232,6 +256,21 @@ def test_local_launcher_runs_tiny_runs_then_skips_them(tmp_path):
     assert (out / "lenet5" / "metrics.jsonl").stat().st_mtime == mtime
     changed = run_harness([str(path), "train.epochs=2"], module="harness.sweep", check=False)
     assert changed.returncode == 1 and changed.stdout.count("another config") >= 2
+
+
+def test_a_run_directory_of_the_same_recipe_is_no_mismatch(tmp_path):
+    """A run written before keys were added to the harness (data.mixup) or removed from it (train.tta_flip,
+    off), or resumed with train.resume_force=true, is the sweep's run; another optim.lr is not."""
+    (run,) = expand(write_sweep(tmp_path, {"grid": {"optim.lr": [0.1]}}))
+    stored = json.loads(json.dumps(run.resolved))
+    del stored["data"]["mixup"]
+    stored["train"].update(tta_flip=False, resume_force=True)
+    run.dir.mkdir(parents=True)
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert run.mismatch() is None
+    stored["optim"]["lr"] = 0.2
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert "another config (optim.lr: 0.2 -> 0.1)" in run.mismatch()
 
 
 def test_local_launcher_records_failures_and_goes_on(tmp_path):

@@ -241,6 +241,17 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def _note_signal(signum, frame):
+    print(f"signal {signum}: already stopping (ending the step, writing the report)", file=sys.stderr)
+
+
+def hold_signals() -> None:
+    """After the first stop: a further signal is noted, never raised, so ending the step's processes (the
+    SIGKILL after the grace included), its record and the report are finished whatever arrives."""
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _note_signal)
+
+
 def end_group(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM to the step's process group (its DataLoader and compile workers too), SIGKILL after
     `grace_s`. harness.train ends a SIGTERM'd run with a checkpoint and exit 143."""
@@ -269,6 +280,7 @@ def run_logged(argv: list[str], log: Path, timeout_s: float, env: dict) -> tuple
             end_group(proc, 2 * STOP_GRACE_S)
             return proc.returncode, time.monotonic() - t0, "cap"
         except Stopped as e:
+            hold_signals()
             end_group(proc, STOP_GRACE_S)
             return proc.returncode, time.monotonic() - t0, str(e.signum)
 
@@ -282,14 +294,17 @@ def record(step: Step, e: Estimate, argv: list[str], note: str) -> dict:
             "note": note, "settings": step.settings, "measured_in_call": None, "data": None}
 
 
-def run_step(step: Step, rec: dict, out: Path, argv: list[str], timeout_s: float, env: dict) -> float:
+def run_step(step: Step, rec: dict, out: Path, argv: list[str], timeout_s: float, env: dict,
+             attempt_of: int | None = None) -> float:
     """Run one step into out/<step>; fill in its record (status, elapsed, missing outputs); seconds taken.
-    Raises Stopped, after filling in the record, when a signal stopped it."""
+    An earlier attempt there (of call `attempt_of`) is kept beside it as <step>.previous-<call>, never
+    deleted: the report falls back to it when this one writes nothing. Raises Stopped, after filling in
+    the record, when a signal stopped it."""
+    from harness.campaign.report import previous_dir
+
     d = out / step.name
-    if d.exists():  # an earlier call's attempt that did not finish: kept beside, never deleted
-        previous = out / f"{step.name}.previous"
-        shutil.rmtree(previous, ignore_errors=True)
-        d.rename(previous)
+    if d.exists():
+        d.rename(previous_dir(out, step.name, attempt_of))
     d.mkdir()
     rc, elapsed, cut = run_logged(argv, out / rec["log"], timeout_s, {**env, **step.env})
     for name in step.prune:  # at any depth: the speed recipe's repeats each have their own run directory
@@ -333,11 +348,56 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(cfg: CampaignConfig, argv: list[str]) -> dict:
+    """The call: set-up, the steps, the report. A signal at any point after main() set its handlers
+    (during set-up, a step or a report) ends the call with what it has: the report rewritten when the
+    call's record exists, exit 128 + the signal's number, never a traceback."""
+    from harness.campaign import report
+
+    started = time.monotonic()
+    st: dict = {}  # what set_up has made so far: tmp, then out, campaign, records, ctx
+    stopped, failed = None, []
+    try:
+        set_up(cfg, argv, st)
+        failed = run_steps(cfg, by_name(cfg.steps, cfg.call), st, started)
+    except Stopped as e:
+        hold_signals()  # a second signal must not cut the records or the report below
+        stopped = e.signum
+        for rec in st.get("records", {}).values():  # what the stop left undecided
+            if rec["status"] == "":
+                rec["status"], rec["reason"] = "not reached", f"the call was stopped by signal {stopped}"
+    finally:
+        if st.get("tmp"):
+            shutil.rmtree(st["tmp"], ignore_errors=True)
+    hold_signals()  # the final report is written whatever arrives now
+    if "records" not in st:
+        print(f"stopped by signal {stopped} while setting up: nothing measured, nothing recorded", file=sys.stderr)
+        raise SystemExit(128 + stopped)
+    out, campaign = st["out"], st["campaign"]
+    call = campaign["calls"][-1]
+    call["elapsed_s"] = time.monotonic() - started
+    call["status"] = f"stopped by signal {stopped}" if stopped else "done"
+    undecided = [r for r in campaign["steps"] if r["status"] in ("", "not reached", "not selected")
+                 or r["status"].startswith("waits for call")]
+    campaign["finished"] = not stopped and not undecided
+    report.write(out, campaign, plot="" if stopped else None, final=True)  # stopped: no time for plots
+    if stopped:
+        print(f"stopped by signal {stopped}: wrote {out / 'report.md'} with what the steps wrote", file=sys.stderr)
+        raise SystemExit(128 + stopped)
+    print(f"wrote {out / 'report.md'} in {call['elapsed_s']:.0f} s", file=sys.stderr)
+    if failed:
+        raise UserError(f"{len(failed)} step(s) did not finish: {', '.join(failed)}; the report lists them, the "
+                        f"logs under {out / 'logs'} say why")
+    return campaign
+
+
+def set_up(cfg: CampaignConfig, argv: list[str], st: dict) -> None:
+    """Into `st`, as each is made (a signal can stop this part way): tmp (smoke: the temporary directory of
+    a tiny CIFAR-10), then out, campaign (campaign.json's when resumed, this call's record appended) and
+    records (every step's row: measured, to be run now, or why not) together, then ctx (what the steps
+    read, the budget, DALI's presence, the earlier call of each step run again)."""
     from harness.campaign import report
     from harness.provenance import git_sha, provenance
 
-    started = time.monotonic()
-    selected = by_name(cfg.steps, cfg.call)
     device = describe_device()
     gpu = gpu_key(device["name"]) if device["gpu"] else "cpu"
     out = Path(cfg.out) if cfg.out else default_out(device, cfg.smoke)
@@ -349,17 +409,16 @@ def run(cfg: CampaignConfig, argv: list[str]) -> dict:
         raise UserError(f"{out} holds a {'smoke' if previous.get('smoke') else 'full-size'} campaign; resume it "
                         f"with smoke={'true' if previous.get('smoke') else 'false'}, or choose another out=DIR")
     (out / "logs").mkdir(parents=True, exist_ok=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix="campaign-cifar-")) if cfg.smoke else None
-    data_root = str(tiny_cifar(tmp)) if tmp else for_steps(cfg.data.root)
-    ctx = {"data_root": data_root, "verify": "structure" if cfg.smoke else "official", "repeats": cfg.repeats}
-    real_data = has_cifar10(str(REPO / data_root))
+    # the tiny CIFAR-10's directory is made (and named) before the call's record, written after it, so a
+    # signal in between still finds the record and the directory to remove
+    if cfg.smoke:
+        st["tmp"] = tempfile.mkdtemp(prefix="campaign-cifar-")  # removed by run(), whatever happens next
+    data_root = st["tmp"] if cfg.smoke else for_steps(cfg.data.root)
+    ctx = {"data_root": data_root, "verify": "structure" if cfg.smoke else "official", "repeats": cfg.repeats,
+           "gpu": gpu, "attempts": {}}
+    real_data = cfg.smoke or has_cifar10(str(REPO / data_root))
     data = ("a generated tiny CIFAR-10 (256 train / 128 test random images)" if cfg.smoke
             else f"CIFAR-10 from {data_root}" if real_data else f"random images (no CIFAR-10 under {data_root})")
-    from harness.data.loaders import dali_available
-
-    dali = device["gpu"] and dali_available()
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     budget = Budget(budget_s(cfg), reserve_s=REPORT_S)
     call = {"call": cfg.call, "command": ["python", "-m", "harness.campaign", *argv],
             "budget_min": budget.budget_s / 60, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -367,13 +426,12 @@ def run(cfg: CampaignConfig, argv: list[str]) -> dict:
     campaign = previous or {"smoke": cfg.smoke, "device": device,
                             "provenance": provenance(1, "cuda" if device["gpu"] else "cpu"), "calls": [], "steps": []}
     campaign["calls"].append(call)
-    number = len(campaign["calls"])
     campaign["config"], campaign["finished"] = dataclasses.asdict(cfg), False
     earlier = {r["name"]: r for r in campaign["steps"]}
     for r in campaign["steps"]:  # what earlier calls measured still calibrates the estimates
         if r.get("elapsed_s") is not None and r.get("estimate"):
             budget.learn(Estimate(**r["estimate"]), r["elapsed_s"])
-    records, todo = {}, {s.name for s in selected}
+    records, todo = {}, {s.name for s in by_name(cfg.steps, cfg.call)}
     for s in STEPS:  # every step has a row, in priority order: measured, to be run now, or why not
         argv_step, note = command(s, {**ctx, "dir": for_steps(out / s.name)}, cfg.smoke)
         rec = record(s, estimate(s, gpu, cfg.repeats, cfg.smoke), argv_step, note)
@@ -383,61 +441,59 @@ def run(cfg: CampaignConfig, argv: list[str]) -> dict:
         elif s.name not in todo:
             rec["status"] = "not selected" if cfg.steps else f"waits for call {s.call}"
             rec["reason"] = f"steps={cfg.steps}" if cfg.steps else ""
+        elif s.name in earlier:  # run again now: its earlier attempt's directory is kept under that call
+            ctx["attempts"][s.name] = earlier[s.name].get("measured_in_call")
         records[s.name] = rec
     campaign["steps"] = list(records.values())
+    st.update(out=out, campaign=campaign, records=records)
+    if cfg.smoke:
+        tiny_cifar(Path(data_root))
+    from harness.data.loaders import dali_available
+
+    ctx.update(real_data=real_data, data=data, budget=budget, dali=device["gpu"] and dali_available())
+    st["ctx"] = ctx
     print(f"campaign on {device['name']}: call {cfg.call or 'all'}, budget {budget.budget_s:.0f} s, "
-          f"{len(selected)} steps -> {out}", file=sys.stderr)
-    mark, failed, stopped = started, [], None  # the set-up above counts too
-    try:
-        for i, step in enumerate(selected, 1):
-            rec = records[step.name]
-            if rec["status"] == "ok":  # measured by an earlier call of this campaign
-                continue
-            budget.charge_overhead(time.monotonic() - mark)
-            e = estimate(step, gpu, cfg.repeats, cfg.smoke)
-            argv_step, _ = command(step, {**ctx, "dir": for_steps(out / step.name)}, cfg.smoke)
-            decision = budget.decide(e)
-            rec.update(estimate_s=decision.estimate_s, measured_in_call=number, data=data, status="", reason="")
-            if step.needs_data and not real_data:
-                rec["status"], rec["reason"] = "skipped", NO_DATA.format(data_root=data_root)
-            elif step.needs_dali and not dali:
-                rec["status"], rec["reason"] = "skipped", NO_DALI
-            elif not decision.run:
-                rec["status"], rec["reason"] = "skipped for time", decision.reason
-            else:
-                rec["timeout_s"] = decision.timeout_s
-                print(f"[{i}/{len(selected)}] {step.name}: estimate {decision.estimate_s:.0f} s, cap "
-                      f"{decision.timeout_s:.0f} s, {budget.left_s:.0f} s left", file=sys.stderr)
-                try:
-                    budget.charge(e, run_step(step, rec, out, argv_step, decision.timeout_s, env))
-                finally:
-                    took = "" if " after " in rec["status"] else f" in {rec['elapsed_s'] or 0:.0f} s"
-                    print(f"    {rec['status']}{took} (log {out / rec['log']})", file=sys.stderr)
-                if rec["status"] != "ok":
-                    failed.append(step.name)
-            mark = time.monotonic()
-            call["elapsed_s"] = time.monotonic() - started
-            report.write(out, campaign, plot=step.name if rec["elapsed_s"] is not None else "")
-    except Stopped as e:
-        stopped = e.signum
-        for step in selected:  # what the stop left undecided
-            rec = records[step.name]
-            if not rec["status"] or rec["status"].startswith("waits for call"):
-                rec["status"], rec["reason"] = "not reached", f"the call was stopped by signal {stopped}"
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    call["elapsed_s"] = time.monotonic() - started
-    call["status"] = f"stopped by signal {stopped}" if stopped else "done"
-    undecided = [r for r in campaign["steps"]
-                 if r["status"] in ("", "not reached") or r["status"].startswith("waits for call")]
-    campaign["finished"] = not stopped and not undecided
-    report.write(out, campaign, plot="" if stopped else None)  # stopped: no time for plots
-    if stopped:
-        print(f"stopped by signal {stopped}: wrote {out / 'report.md'} with what the steps wrote", file=sys.stderr)
-        raise SystemExit(128 + stopped)
-    print(f"wrote {out / 'report.md'} in {call['elapsed_s']:.0f} s", file=sys.stderr)
-    if failed:
-        raise UserError(f"{len(failed)} step(s) did not finish: {', '.join(failed)}; the report lists them, the "
-                        f"logs under {out / 'logs'} say why")
-    return campaign
+          f"{len(todo)} steps -> {out}", file=sys.stderr)
+
+
+def run_steps(cfg: CampaignConfig, selected: list[Step], st: dict, started: float) -> list[str]:
+    """Each selected step in order, decided by the budget, run, and the report rewritten after it; the steps
+    that did not finish."""
+    from harness.campaign import report
+
+    out, campaign, records, ctx = st["out"], st["campaign"], st["records"], st["ctx"]
+    budget, gpu, data, call = ctx["budget"], ctx["gpu"], ctx["data"], campaign["calls"][-1]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    mark, failed = started, []  # the set-up counts too
+    for i, step in enumerate(selected, 1):
+        rec = records[step.name]
+        if rec["status"] == "ok":  # measured by an earlier call of this campaign
+            continue
+        budget.charge_overhead(time.monotonic() - mark)
+        e = estimate(step, gpu, cfg.repeats, cfg.smoke)
+        argv_step, _ = command(step, {**ctx, "dir": for_steps(out / step.name)}, cfg.smoke)
+        decision = budget.decide(e)
+        attempt_of = ctx["attempts"].get(step.name)
+        rec.update(estimate_s=decision.estimate_s, measured_in_call=len(campaign["calls"]), data=data, status="",
+                   reason="")
+        if step.needs_data and not ctx["real_data"]:
+            rec["status"], rec["reason"] = "skipped", NO_DATA.format(data_root=ctx["data_root"])
+        elif step.needs_dali and not ctx["dali"]:
+            rec["status"], rec["reason"] = "skipped", NO_DALI
+        elif not decision.run:
+            rec["status"], rec["reason"] = "skipped for time", decision.reason
+        else:
+            rec["timeout_s"] = decision.timeout_s
+            print(f"[{i}/{len(selected)}] {step.name}: estimate {decision.estimate_s:.0f} s, cap "
+                  f"{decision.timeout_s:.0f} s, {budget.left_s:.0f} s left", file=sys.stderr)
+            try:
+                budget.charge(e, run_step(step, rec, out, argv_step, decision.timeout_s, env, attempt_of))
+            finally:
+                took = "" if " after " in rec["status"] else f" in {rec['elapsed_s'] or 0:.0f} s"
+                print(f"    {rec['status']}{took} (log {out / rec['log']})", file=sys.stderr)
+            if rec["status"] != "ok":
+                failed.append(step.name)
+        mark = time.monotonic()
+        call["elapsed_s"] = time.monotonic() - started
+        report.write(out, campaign, plot=step.name if rec["elapsed_s"] is not None else "")
+    return failed

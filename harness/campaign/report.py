@@ -4,22 +4,29 @@ same header and every step's record), steps.csv, zoo.csv and the plots (zoo_imag
 ladder.png, data_ratio.png, time_to_accuracy.png).
 
 It only reads what the tools wrote (bench.json, data_bench.json, ddp_overhead.json, repeats.json,
-summary.json) and tolerates any of them missing or partial: a section whose step did not run says why.
-Every timed figure is written with n and its spread, as the tools measured it; the flags the tools raised
-(harness.sanity) are carried into each table, the speed recipe's statistics are recomputed from its runs
-(accuracy intervals inside [0, 1], none from fewer than 3 runs), and a flagged bar is drawn hatched and
-grey. The final report lists every flag in the console too.
+summary.json), once per rewrite (`read`), and tolerates any of them missing or partial: a section whose
+step did not run says why, one built from a cut step's bench.csv says it holds the rows so far. A step
+re-run by a later call keeps each earlier attempt beside it (<step>.previous-<call>, `previous_dir`);
+when the re-run was cut before writing anything, the report shows the newest earlier attempt's figures
+and names the call that measured them. Every timed figure is written with n and its spread, as the tools
+measured it; the flags the tools raised (harness.sanity) are carried into each table, the speed recipe's
+statistics are recomputed from its runs (accuracy intervals inside [0, 1], none from fewer than 3 runs),
+and a flagged bar is drawn hatched and grey. The call's last report (`write(final=True)`, also when a
+signal stopped the call) lists every flag in the console too.
 """
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import sanity, tables
 from harness.bench.data_suite import ratio_text
 from harness.bench.outputs import error_bars, hatch_flagged, rate, speedup
-from harness.campaign.steps import STEPS
+from harness.campaign.steps import STEPS, Step
 from harness.stats import ACCURACY, format_mean_std, format_median, summarize
 
 ZOO_STEPS = tuple(s.name for s in STEPS if s.group == 1)
@@ -61,7 +68,7 @@ def _true(v) -> bool:
 
 def bench_data(d: Path) -> dict:
     """A bench step's bench.json; for a step cut short before writing it, the rows its bench.csv got
-    after each measured row (values as text: the readers below take either)."""
+    after each measured row (values as text: the readers below take either), marked partial."""
     data = load(d / "bench.json")
     if data is not None:
         return data
@@ -72,12 +79,82 @@ def bench_data(d: Path) -> dict:
         return {}
 
 
-def zoo_rows(out: Path) -> tuple[list[dict], dict]:
+PREVIOUS = ".previous-"  # <step>.previous-<call>: an earlier call's attempt at a step run again
+
+
+def previous_dir(out: Path, name: str, call: int | None) -> Path:
+    """Where run_step keeps the attempt of `call` (0: a call not recorded) at step `name` before running it
+    again: never a path that exists, so no attempt is ever deleted."""
+    d, k = out / f"{name}{PREVIOUS}{call or 0}", 1
+    while d.exists():
+        k += 1
+        d = out / f"{name}{PREVIOUS}{call or 0}-{k}"
+    return d
+
+
+def has_results(d: Path, step: Step) -> bool:
+    """The directory holds a figure of the step: one of its outputs, a cut bench's bench.csv, or a finished
+    run's summary.json (the sweep's runs are in subdirectories)."""
+    return (any((d / o).is_file() for o in (*step.outputs, "bench.csv"))
+            or (d.is_dir() and next(d.rglob("summary.json"), None) is not None))
+
+
+def source_dir(out: Path, step: Step) -> tuple[Path, int | None]:
+    """Where the step's figures are: out/<step>, else (a re-run cut before writing any) the newest earlier
+    attempt that has some, with the call that measured it (0: not recorded); (out/<step>, None) when none."""
+    d = out / step.name
+    if has_results(d, step):
+        return d, None
+    earlier = []
+    for p in out.glob(glob.escape(step.name + PREVIOUS) + "*"):
+        m = re.match(r"(\d+)", p.name[len(step.name + PREVIOUS):])
+        if m and p.is_dir() and has_results(p, step):
+            earlier.append((int(m.group(1)), p.stat().st_mtime, p))
+    if not earlier:
+        return d, None
+    call, _, p = max(earlier)
+    return p, call
+
+
+@dataclass
+class Found:
+    """What the steps wrote, read once per rewrite: the markdown, the CSVs, the plots and the console's flags
+    all use it."""
+    dirs: dict[str, Path]  # step -> the directory its figures come from
+    earlier: dict[str, int]  # step -> the call whose earlier attempt they come from (0: not recorded)
+    partial: list[str]  # bench steps cut before bench.json: their rows so far, from bench.csv
+    zoo: list[dict]
+    peaks: dict
+    ladder: list[dict]
+    data: list[dict]
+    speed: dict | None  # tta-speed94's repeats.json
+    fast: dict | None  # tta-fast-resnet18's summary.json
+    recipe: dict | None  # recipe-convnext's summary.json
+    ddp: dict | None
+    groups: list[dict]  # arch-seeds' runs grouped over seeds
+
+
+def read(out: Path) -> Found:
+    """Every step's outputs, from the directory `source_dir` picks for it."""
+    dirs, earlier = {}, {}
+    for step in STEPS:
+        dirs[step.name], call = source_dir(out, step)
+        if call is not None:
+            earlier[step.name] = call
+    bench = {name: bench_data(dirs[name]) for name in (*ZOO_STEPS, "ladder")}
+    zoo, peaks = zoo_rows(bench)
+    return Found(dirs, earlier, [name for name, b in bench.items() if b.get("partial")], zoo, peaks,
+                 ladder_rows(bench["ladder"]), data_rows(dirs), load(dirs["tta-speed94"] / "repeats.json"),
+                 load(dirs["tta-fast-resnet18"] / "summary.json"), load(dirs["recipe-convnext"] / "summary.json"),
+                 load(dirs["ddp"] / "ddp_overhead.json"), seed_groups(dirs["arch-seeds"]))
+
+
+def zoo_rows(bench: dict[str, dict]) -> tuple[list[dict], dict]:
     """Throughput rows (eager zoo, then the compiled subset) and the peaks the bench measured/looked up;
     each row's flags are the bench's, and the MFU check again (a bench.json from before the checks)."""
     rows, peaks = [], {}
     for name in ZOO_STEPS:
-        data = bench_data(out / name)
+        data = bench[name]
         peaks.update((data.get("environment") or {}).get("peaks") or {})
         rows += [{**r, "flags": list(dict.fromkeys(sanity.as_list(r.get("flags")) + sanity.collect(
                      sanity.mfu(_num(r.get("mfu")), r.get("peak_source")))))}
@@ -85,14 +162,15 @@ def zoo_rows(out: Path) -> tuple[list[dict], dict]:
     return rows, peaks
 
 
-def ladder_rows(out: Path) -> list[dict]:
-    return [{**r, "flags": sanity.as_list(r.get("flags"))} for r in bench_data(out / "ladder").get("rows", [])
-            if r.get("rung")]
+def ladder_rows(bench: dict) -> list[dict]:
+    return [{**r, "flags": sanity.as_list(r.get("flags"))} for r in bench.get("rows", []) if r.get("rung")]
 
 
-def data_rows(out: Path) -> list[dict]:
-    """The data suite's training rows: torch vs synthetic (call 1), then DALI's step (call 3)."""
-    return [r for name in ("data", "dali") for r in (load(out / name / "data_bench.json") or {}).get("training", [])]
+def data_rows(dirs: dict[str, Path]) -> list[dict]:
+    """The data suite's training rows, each with the step that measured it: torch vs synthetic (data, call
+    1), then DALI's (dali, call 3), which measures torch and synthetic again in its own process."""
+    return [{**r, "step": name} for name in ("data", "dali")
+            for r in (load(dirs[name] / "data_bench.json") or {}).get("training", [])]
 
 
 def speed_runs(data: dict) -> tuple[dict, dict]:
@@ -107,9 +185,8 @@ def speed_runs(data: dict) -> tuple[dict, dict]:
                  for k in ("test_acc", "time_s"))
 
 
-def settings(out: Path, rec: dict) -> str:
-    """Warm-up and repeats as the step's tool resolved and recorded them; the plan until it has run."""
-    d = out / rec["name"]
+def settings(d: Path, rec: dict) -> str:
+    """Warm-up and repeats as the step's tool (in `d`) resolved and recorded them; the plan until it has run."""
     bench = (load(d / "bench.json") or {}).get("environment", {}).get("config")
     if bench:
         return (f"{bench['warmup']} warm-up steps, median of {bench['repeats']} alternating rounds of {bench['steps']} "
@@ -146,24 +223,45 @@ def _call_row(k: int, x: dict, c: dict) -> str:
             f"git {x.get('git_sha') or c['provenance'].get('git_sha') or '-'} |")
 
 
-def header(out: Path, c: dict) -> list[str]:
+def title(c: dict) -> str:
+    """A smoke run says so on any machine; a CPU's figures say they are not a GPU's."""
+    dev = c["device"]
+    kind = "Campaign smoke run" if c.get("smoke") else "Campaign"
+    return (f"# {kind} on {dev['name']}" + ("" if dev["gpu"] and not c.get("smoke") else
+                                            ": toy sizes, not a measurement" if dev["gpu"] else
+                                            ": CPU, not a GPU measurement"))
+
+
+def state(c: dict) -> str:
+    """complete; complete for the steps= chosen (the others not selected); or PARTIAL and why."""
+    steps, calls = c["steps"], c.get("calls", [])
+    later = sorted({s["call"] for s in steps if s["status"].startswith("waits for call")})
+    stopped = [f"call {k}" for k, x in enumerate(calls, 1) if str(x.get("status", "")).startswith("stopped")]
+    unselected = [s["name"] for s in steps if s["status"] == "not selected"]
+    undecided = [s for s in steps if s["status"] in ("", "not reached")]
+    if c.get("finished"):
+        return "complete"
+    if stopped:
+        return f"PARTIAL: {', '.join(stopped)} stopped by a signal; each step says how far it got"
+    if later:
+        return f"PARTIAL: the steps of call {' and '.join(map(str, later))} have not run yet"
+    if unselected and not undecided and calls and calls[-1].get("status") == "done":
+        chosen = (c.get("config") or {}).get("steps") or "..."
+        return (f"complete for steps={chosen} only; not selected: {', '.join(unselected)}")
+    return "PARTIAL: still running or cut short; the steps below say how far it got"
+
+
+def header(out: Path, c: dict, found: Found) -> list[str]:
     """Title, state, the machine and versions, every call (command, budget, time used, data, commit), what
-    was skipped for time, and the steps table: each step with the call that measured it and its data."""
+    was skipped for time, and the steps table: each step with the call that measured it, its data, and
+    the earlier call whose attempt its figures come from when its re-run wrote none."""
     dev, prov = c["device"], c["provenance"]
     v = prov.get("versions", {})
     steps, calls = c["steps"], c.get("calls", [])
     skipped = [s for s in steps if s["status"] == "skipped for time"]
-    later = sorted({s["call"] for s in steps if s["status"].startswith("waits for call")})
-    stopped = [f"call {k}" for k, x in enumerate(calls, 1) if str(x.get("status", "")).startswith("stopped")]
-    title = (f"# Campaign on {dev['name']}" if dev["gpu"] else
-             f"# Campaign smoke run on {dev['name']}: CPU, not a GPU measurement")
-    state = ("complete" if c.get("finished") else
-             f"PARTIAL: {', '.join(stopped)} stopped by a signal; each step says how far it got" if stopped else
-             f"PARTIAL: the steps of call {' and '.join(map(str, later))} have not run yet" if later else
-             "PARTIAL: still running or cut short; the steps below say how far it got")
     numbered = len(calls) > 1
-    lines = [title, "",
-             f"Status: {state}. Every figure below comes from the command(s) listed here; per-step outputs and "
+    lines = [title(c), "",
+             f"Status: {state(c)}. Every figure below comes from the command(s) listed here; per-step outputs and "
              "logs are in the step directories beside this file.", "",
              "| | |", "|---|---|",
              f"| GPU | {dev['name']}" + (f" (x{dev['count']})" if dev.get("count", 0) > 1 else "") + " |",
@@ -181,17 +279,25 @@ def header(out: Path, c: dict) -> list[str]:
     body = []
     for s in steps:
         ran = s["elapsed_s"] is not None
+        d = found.dirs.get(s["name"], out / s["name"])
+        earlier = found.earlier.get(s["name"])
+        outputs = ([f"{d.name}/{n}" for n in dict.fromkeys([*(Path(o).name for o in s["outputs"]), "bench.csv"])
+                    if (d / n).is_file()] if earlier is not None else [o for o in s["outputs"] if o not in s["missing"]])
         body.append([f"{s['group']}. {s['name']}",
                      s["status"] + (f": {s['reason']}" if s["reason"] else "")
-                     + (f" ({s['note']})" if s["note"] else ""),
+                     + (f" ({s['note']})" if s["note"] else "")
+                     + (f"; its figures are {_call_text(earlier)}'s attempt ({d.name})" if earlier is not None else ""),
                      str(s.get("measured_in_call") or "-"), _short_data(s.get("data")),
-                     _f(s["estimate_s"]), _f(s.get("timeout_s")), _f(s["elapsed_s"]), settings(out, s),
-                     (", ".join(f"[{Path(o).name}]({o})" for o in s["outputs"] if o not in s["missing"]) or "-")
-                     if ran else "-",
+                     _f(s["estimate_s"]), _f(s.get("timeout_s")), _f(s["elapsed_s"]), settings(d, s),
+                     ", ".join(f"[{Path(o).name}]({o})" for o in outputs) or "-" if ran or earlier is not None else "-",
                      f"[log]({s['log']})" if ran else "-"])
     columns = ["step", "status", "call", "data", "estimate s", "cap s", "measured s", "warm-up and repeats",
                "outputs", "log"]
     return lines + [tables.markdown_table(columns, body, align="llrlrrrlll")]
+
+
+def _call_text(call: int) -> str:
+    return f"call {call}" if call else "an earlier call"
 
 
 def mfu_line(peaks: dict) -> str:
@@ -240,15 +346,19 @@ def ladder_section(rows: list[dict]) -> list[str]:
 
 
 def data_section(rows: list[dict]) -> list[str]:
+    """One row per (step, model, backend): the data and dali steps each measure torch and synthetic in their
+    own process, so each ratio is against its own step's synthetic."""
     return [tables.markdown_table(
-        ["model", "backend", "batch", "images/s (n, spread)", "ms/step", "vs synthetic (min–max of rounds)", "flags"],
-        [[r.get("model"), r.get("backend"), r.get("batch_size", "-"), rate(r), _f(r.get("step_ms"), ".2f"),
-          ratio_text(r), sanity.text(r.get("flags")) or "-"] for r in rows], align="llrrrrl")]
+        ["step", "model", "backend", "batch", "images/s (n, spread)", "ms/step", "vs synthetic (min–max of rounds)",
+         "flags"],
+        [[r.get("step"), r.get("model"), r.get("backend"), r.get("batch_size", "-"), rate(r),
+          _f(r.get("step_ms"), ".2f"), ratio_text(r), sanity.text(r.get("flags")) or "-"] for r in rows],
+        align="lllrrrrl")]
 
 
-def tta_section(out: Path) -> list[str]:
+def tta_section(found: Found) -> list[str]:
     lines = []
-    rep = load(out / "tta-speed94" / "repeats.json")
+    rep = found.speed
     if rep:
         acc, t = speed_runs(rep)
         lines += [f"Speed recipe (configs/speed94.yaml): test accuracy {format_mean_std(acc, 100, 2, '%')}; "
@@ -256,7 +366,7 @@ def tta_section(out: Path) -> list[str]:
                   + (f". Flagged: {sanity.text(speed_flags(acc, t))}" if speed_flags(acc, t) else "") + "."
                   + (f" Cut short: {rep['n']} of the {rep['n_planned']} planned runs finished."
                      if rep.get("complete") is False else "")]
-    one = load(out / "tta-fast-resnet18" / "summary.json")
+    one = found.fast
     if one:
         lines += [""] * bool(lines) + [
                   f"resnet18 (configs/fast_resnet18.yaml), one run (n=1: no spread): test accuracy "
@@ -268,21 +378,21 @@ def tta_section(out: Path) -> list[str]:
     return lines
 
 
-def seed_groups(out: Path) -> list[dict]:
-    """The architecture sweep's finished runs, grouped over seeds by harness.report."""
+def seed_groups(seeds: Path) -> list[dict]:
+    """The architecture sweep's finished runs (in `seeds`, the arch-seeds step's directory), grouped over
+    seeds by harness.report."""
     from harness import report
 
-    seeds = out / "arch-seeds"
     return report.seed_groups([report.read_run(p, seeds) for p in report.find_runs(seeds)]) if seeds.is_dir() else []
 
 
-def accuracy_section(out: Path) -> list[str]:
+def accuracy_section(found: Found) -> list[str]:
     """The regularisation recipe's one run (its summary.json: n = 1, no spread) and the architecture sweep's
     seeds as harness.report groups them (mean and spread over seeds, ranked on validation accuracy)."""
     from harness import report
 
     lines = []
-    one = load(out / "recipe-convnext" / "summary.json")
+    one = found.recipe
     if one:
         subset = (f"; on {one.get('test_subset_images')} images of {Path(one['test_subset']).name}: "
                   f"{_f(one.get('test_subset_acc'), '.2%')} (95% interval {_f(one.get('test_subset_ci95_low'), '.2%')}"
@@ -291,7 +401,7 @@ def accuracy_section(out: Path) -> list[str]:
                   f"spread): test accuracy {_f(one.get('test_acc'), '.2%')} on {one.get('test_images')} images, "
                   f"top-5 {_f(one.get('test_top5'), '.2%')}{subset}; {one.get('epochs')} epochs ({one.get('steps')} steps), training "
                   f"{_f(one.get('train_s'), '.1f')} s, wall {_f(one.get('wall_s'), '.1f')} s."]
-    groups = seed_groups(out)
+    groups = found.groups
     if groups:
         lines += [""] * bool(lines) + ["Architecture sweep (configs/sweeps/architectures.yaml), mean ± std over "
                                        "seeds, ranked by validation accuracy:", "", report.seed_table(groups)]
@@ -306,8 +416,8 @@ def ddp_flags(d: dict) -> list[str]:
     return list(d.get("flags") or [])
 
 
-def ddp_section(out: Path) -> list[str]:
-    d = load(out / "ddp" / "ddp_overhead.json")
+def ddp_section(found: Found) -> list[str]:
+    d = found.ddp
     if not d:
         return []
     if d.get("overhead_pct_n") is not None:
@@ -324,45 +434,52 @@ def ddp_section(out: Path) -> list[str]:
             + (f". Flagged: {sanity.text(flags)}" if flags else "") + "."]
 
 
-def all_flags(out: Path) -> list[tuple[str, list[str]]]:
+def all_flags(found: Found) -> list[tuple[str, list[str]]]:
     """Every flagged figure of the campaign, (where, flags), for the console."""
-    found = [(f"zoo {r.get('model')} {r.get('mode')} b{r.get('batch_size')}", r.get("flags"))
-             for r in zoo_rows(out)[0]]
-    found += [(f"ladder {r.get('model')} {r.get('rung')}", r.get("flags")) for r in ladder_rows(out)]
-    found += [(f"data {r.get('model')} {r.get('backend')}", r.get("flags")) for r in data_rows(out)]
-    rep = load(out / "tta-speed94" / "repeats.json")
-    if rep:
-        found.append(("speed recipe", speed_flags(*speed_runs(rep))))
-    d = load(out / "ddp" / "ddp_overhead.json")
-    if d:
-        found.append(("ddp overhead", ddp_flags(d)))
+    flagged = [(f"zoo {r.get('model')} {r.get('mode')} b{r.get('batch_size')}", r.get("flags")) for r in found.zoo]
+    flagged += [(f"ladder {r.get('model')} {r.get('rung')}", r.get("flags")) for r in found.ladder]
+    flagged += [(f"{r.get('step')} {r.get('model')} {r.get('backend')}", r.get("flags")) for r in found.data]
+    if found.speed:
+        flagged.append(("speed recipe", speed_flags(*speed_runs(found.speed))))
+    if found.ddp:
+        flagged.append(("ddp overhead", ddp_flags(found.ddp)))
     from harness.report import group_flags
 
-    found += [(f"arch-seeds {g['label']}", group_flags(g)) for g in seed_groups(out)]
-    return [(where, flags) for where, flags in found if flags]
+    flagged += [(f"arch-seeds {g['label']}", group_flags(g)) for g in found.groups]
+    return [(where, flags) for where, flags in flagged if flags]
 
 
-def to_markdown(out: Path, c: dict) -> str:
-    rows, peaks = zoo_rows(out)
+def cut_short(found: Found, group: int) -> list[str]:
+    """The section's bench steps read from bench.csv: a step stopped before its bench.json."""
+    cut = [s.name for s in STEPS if s.group == group and s.name in found.partial]
+    return ["", f"Cut short: {', '.join(cut)} stopped before writing bench.json; these are its rows so far "
+                f"(bench.csv)."] if cut else []
+
+
+def to_markdown(out: Path, c: dict, found: Found | None = None) -> str:
+    found = found or read(out)
     sections = {
-        1: ("1. Zoo throughput and latency", zoo_section(rows, peaks) if rows else [], "zoo_images_per_s.png"),
-        2: ("2. Optimisation ladder", ladder_section(ladder_rows(out)) if ladder_rows(out) else [], "ladder.png"),
-        3: ("3. Data path", data_section(data_rows(out)) if data_rows(out) else [], "data_ratio.png"),
-        4: ("4. Time to accuracy", tta_section(out), "time_to_accuracy.png"),
-        5: ("5. DDP overhead", ddp_section(out), None),
-        6: ("6. Accuracy: the regularisation recipe and the architecture seeds", accuracy_section(out), None),
+        1: ("1. Zoo throughput and latency", zoo_section(found.zoo, found.peaks) if found.zoo else [],
+            "zoo_images_per_s.png"),
+        2: ("2. Optimisation ladder", ladder_section(found.ladder) if found.ladder else [], "ladder.png"),
+        3: ("3. Data path", data_section(found.data) if found.data else [], "data_ratio.png"),
+        4: ("4. Time to accuracy", tta_section(found), "time_to_accuracy.png"),
+        5: ("5. DDP overhead", ddp_section(found), None),
+        6: ("6. Accuracy: the regularisation recipe and the architecture seeds", accuracy_section(found), None),
     }
-    lines = header(out, c)
-    for group, (title, body, png) in sections.items():
-        lines += ["", f"## {title}", ""]
+    lines = header(out, c, found)
+    for group, (name, body, png) in sections.items():
+        lines += ["", f"## {name}", ""]
         if not body:
             why = "; ".join(f"{s['name']}: {s['status']}" + (f" ({s['reason']})" if s["reason"] else "")
                             for s in c["steps"] if s["group"] == group)
             lines.append(f"No results: {why or 'not reached yet'}.")
             continue
-        lines += body
+        earlier = [f"{s.name} from {_call_text(found.earlier[s.name])} ({found.dirs[s.name].name}: the re-run "
+                   f"wrote nothing)" for s in STEPS if s.group == group and s.name in found.earlier]
+        lines += body + cut_short(found, group) + (["", f"Earlier attempts: {'; '.join(earlier)}."] if earlier else [])
         if png and (out / png).is_file():
-            lines += ["", f"![{title}]({png})"]
+            lines += ["", f"![{name}]({png})"]
     return "\n".join(lines) + "\n"
 
 
@@ -443,12 +560,19 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
     return _save(fig, ax, path, f"Ladder on {device}: speed-up over seed 001's loop")
 
 
+def data_series(rows: list[dict]) -> dict[str, dict]:
+    """One series per (step, backend), {model: row} each: the data and dali steps each measure torch against
+    their own synthetic."""
+    return {f"{b} ({step} step)": {r["model"]: r for r in rows if (r.get("step"), r["backend"]) == (step, b)}
+            for step, b in dict.fromkeys((r.get("step"), r["backend"]) for r in rows)}
+
+
 def plot_data(rows: list[dict], path: Path, device: str) -> bool:
     ok = [r for r in rows if r.get("vs_synthetic") is not None]
     if not ok:
         return False
     models = list(dict.fromkeys(r["model"] for r in ok))
-    series = {b: {r["model"]: r for r in ok if r["backend"] == b} for b in dict.fromkeys(r["backend"] for r in ok)}
+    series = data_series(ok)
     fig, ax = _figure((8, 4))
     _grouped_bars(ax, models, series, key="vs_synthetic", low_high=("vs_synthetic_low", "vs_synthetic_high"))
     ax.axhline(1.0, color="grey", lw=0.8)
@@ -456,8 +580,8 @@ def plot_data(rows: list[dict], path: Path, device: str) -> bool:
     return _save(fig, ax, path, f"Data path on {device}")
 
 
-def plot_tta(out: Path, path: Path, device: str) -> bool:
-    rep, one = load(out / "tta-speed94" / "repeats.json"), load(out / "tta-fast-resnet18" / "summary.json")
+def plot_tta(found: Found, path: Path, device: str) -> bool:
+    rep, one = found.speed, found.fast
     runs = [r for r in (rep or {}).get("runs", []) if isinstance(r, dict) and r.get("time_s") is not None]
     if not (rep or one):
         return False
@@ -477,36 +601,38 @@ def plot_tta(out: Path, path: Path, device: str) -> bool:
     return _save(fig, ax, path, f"Time to accuracy on {device}")
 
 
-def draw(out: Path, png: str, device: str) -> None:
+def draw(out: Path, png: str, device: str, found: Found) -> None:
     if png == "zoo_images_per_s.png":
-        plot_zoo(zoo_rows(out)[0], out / png, device)
+        plot_zoo(found.zoo, out / png, device)
     elif png == "ladder.png":
-        plot_ladder(ladder_rows(out), out / png, device)
+        plot_ladder(found.ladder, out / png, device)
     elif png == "data_ratio.png":
-        plot_data(data_rows(out), out / png, device)
+        plot_data(found.data, out / png, device)
     elif png == "time_to_accuracy.png":
-        plot_tta(out, out / png, device)
+        plot_tta(found, out / png, device)
 
 
 # ----------------------------------------------------------------------------------------------------
 
 
-def write(out: Path, c: dict, plot: str | None) -> None:
-    """Everything from what is on disk now. `plot`: the step that just finished (its plots are redrawn);
-    None at the end, when every plot whose data exists but was never drawn is drawn."""
+def write(out: Path, c: dict, plot: str | None, final: bool = False) -> None:
+    """Everything from what is on disk now, read once. `plot`: the step that just finished (its plots are
+    redrawn); None at the end, when every plot whose data exists but was never drawn is drawn. `final`: the
+    call's last report (finished or stopped), which lists every flag on the console too."""
     from harness.tables import write_json
 
+    found = read(out)
     for png, sources in PLOTS.items():
         if (plot in sources) or (plot is None and not (out / png).exists()):
-            draw(out, png, c["device"]["name"])
+            draw(out, png, c["device"]["name"], found)
     write_json(out / "campaign.json", c)
     tables.write_csv(out / "steps.csv", c["steps"], STEP_COLUMNS)
-    rows = zoo_rows(out)[0]
-    if rows:
-        tables.write_csv(out / "zoo.csv", [{**r, "flags": sanity.text(r.get("flags"))} for r in rows], ZOO_COLUMNS)
+    if found.zoo:
+        tables.write_csv(out / "zoo.csv", [{**r, "flags": sanity.text(r.get("flags"))} for r in found.zoo],
+                         ZOO_COLUMNS)
     tmp = out / ".report.md.tmp"
-    tmp.write_text(to_markdown(out, c))
+    tmp.write_text(to_markdown(out, c, found))
     tmp.replace(out / "report.md")
-    if plot is None:  # the final report: every flag once more on the console
-        for where, flags in all_flags(out):
+    if final:
+        for where, flags in all_flags(found):
             sanity.warn(where, flags)

@@ -82,20 +82,10 @@ def run_weights_file(which: str = "last", ema: bool = False) -> str:
             ("best", False): "best.safetensors", ("best", True): "best_ema.safetensors"}[which, ema]
 
 
-def load_run(run_dir: str | Path, *, which: str = "last", ema: bool = True,
-             device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained model of a run directory, in eval mode: `which` "last" (the finished run's last epoch) or
-    "best" (the epoch with the best validation accuracy); its EMA weights when the run had EMA (and `ema`).
-    Built with the run's own `model.name` and class count."""
-    import yaml
-
-    from harness.models.registry import create_model
-
+def run_weights(run_dir: str | Path, which: str = "last", ema: bool = True) -> Path:
+    """The weights file `load_run` loads from a run directory (its EMA weights when the run had EMA, and
+    `ema`); UserError naming the fix when the run has none."""
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_file.read_text())
     weights = run_dir / run_weights_file(which, ema=True)
     if not (ema and weights.is_file()):
         weights = run_dir / run_weights_file(which)
@@ -105,6 +95,24 @@ def load_run(run_dir: str | Path, *, which: str = "last", ema: bool = True,
     if not weights.is_file():
         raise UserError(f"{run_dir} has no model.safetensors: the run has not finished (resume it with "
                         f"train.resume=auto run.dir={run_dir})")
+    return weights
+
+
+def load_run(run_dir: str | Path, *, which: str = "last", ema: bool = True,
+             device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained model of a run directory, in eval mode: `which` "last" (the finished run's last epoch) or
+    "best" (the epoch with the best validation accuracy); its EMA weights when the run had EMA (and `ema`).
+    Built with the run's own `model.name` and class count; `run_weights` names the file it loads."""
+    import yaml
+
+    from harness.models.registry import create_model
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = yaml.safe_load(cfg_file.read_text())
+    weights = run_weights(run_dir, which, ema)
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as f:  # the trained class count (the config may say 0: from the data)

@@ -78,10 +78,15 @@ def median(values: Iterable[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def steady_rates(epoch_rates: list[float]) -> list[float]:
+    """The epoch rates a run's images/s is the median of (its n and spread are theirs): those after the
+    first (compilation) epoch, all of them when there is only one."""
+    return epoch_rates[1:] or epoch_rates
+
+
 def throughput(epoch_rates: list[float]) -> float | None:
-    """A run's images/s: the median epoch rate after the first (compilation) epoch, all of them when there
-    is only one."""
-    return median(epoch_rates[1:] or epoch_rates)
+    """A run's images/s: the median of its `steady_rates`."""
+    return median(steady_rates(epoch_rates))
 
 
 def wandb_key(kind: str, key: str) -> str:

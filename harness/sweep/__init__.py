@@ -1,7 +1,7 @@
 """Sweeps: many training runs from one YAML, run here, as a Slurm job array, or by W&B agents.
 
     python -m harness.sweep configs/sweeps/X.yaml [dry_run=true] [launcher=local|slurm|wandb]
-                            [out=DIR] [index=I] [training.key=value ...]
+                            [out=DIR] [index=I] [threads_per_process=N] [training.key=value ...]
 
 The sweep's own options are key=value like every harness CLI (harness/cli.py; `--help` lists them,
 `--out DIR` is out=DIR); any other key=value is a training override added to every run.
@@ -14,7 +14,9 @@ A sweep file loads into `Sweep` below and is checked like any config (unknown ke
     overrides: {train.epochs: 20}   # fixed for every run; key=value on the command line adds to these
     threads_per_process: 0          # CPU threads of every process of every run (OMP/MKL_NUM_THREADS), the
                                     # same at any process count and recorded in each run's provenance.json;
-                                    # 0: 1 on a CPU, the cores over the largest process count on a GPU node
+                                    # 0: over the largest process count, local: this machine's cores
+                                    # (1 on a CPU), slurm: the job's --cpus-per-task (sbatch_args, else
+                                    # sweep.sbatch's 16); wandb: set it (the agents' machines are unknown)
     grid:                           # cartesian product of the lists ...
       model.name: [resnet18, vgg11]
       train.batch_size: [128, 256]

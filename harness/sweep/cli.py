@@ -14,7 +14,7 @@ from harness.sweep.slurm import submit_slurm
 from harness.sweep.spec import expand, load_sweep, points, train_command
 from harness.sweep.wandb_launcher import write_wandb
 
-USAGE = "python -m harness.sweep SWEEP.yaml [dry_run=true] [launcher=local|slurm|wandb] [out=DIR] [index=I] [training.key=value ...]"
+USAGE = "python -m harness.sweep SWEEP.yaml [dry_run=true] [launcher=local|slurm|wandb] [out=DIR] [index=I] [threads_per_process=N] [training.key=value ...]"
 
 
 @dataclass
@@ -24,6 +24,7 @@ class SweepOptions:
     dry_run: bool = False  # print one command per run; run nothing
     out: str = ""  # sweep directory ("": the sweep's `out`, else runs/sweeps/<name>)
     index: int = -1  # only run number INDEX (0-based, as dry_run lists them); -1: every run
+    threads_per_process: int = -1  # CPU threads of every process of every run; -1: the sweep file's (harness/sweep/__init__.py)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         raise C.ConfigError(f"name a sweep file; usage: {USAGE} (the sweeps are in configs/sweeps/; overrides "
                             f"are key=value)")
     sweep = load_sweep(opts.sweep, opts.out or None)
-    launcher = opts.launcher or sweep.launcher
+    sweep.launcher = launcher = opts.launcher or sweep.launcher  # threads per process depend on it
+    if opts.threads_per_process != -1:
+        sweep.threads_per_process = opts.threads_per_process
     every = expand(sweep, overrides)
     keys = points(sweep)[0]
     runs = every

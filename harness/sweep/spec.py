@@ -44,8 +44,10 @@ class Sweep:
     launcher: str = C.choices("local", "slurm", "wandb", default="local")
     # CPU threads of every process of every run (OMP/MKL_NUM_THREADS, accelerate's
     # --num_cpu_threads_per_process), the same whatever a run's process count, so a scaling row compares
-    # like with like. 0: harness.provenance.default_threads (1 on a CPU; on a GPU machine its cores over
-    # the largest process count in the sweep)
+    # like with like. 0: worked out for where the runs run (`sweep_threads`): local, this machine's rule
+    # (harness.provenance.default_threads: 1 on a CPU, its cores over the largest process count on a GPU
+    # machine); slurm, the job's --cpus-per-task over the largest process count; wandb, set it (the agents'
+    # machines are unknown here)
     threads_per_process: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
@@ -72,15 +74,18 @@ class Run:
 
     def mismatch(self) -> str | None:
         """If the run directory already holds a run of another config (the sweep file was edited but the
-        run's name did not change), the keys that differ: skipping or resuming it would be wrong."""
+        run's name did not change), the keys that differ: skipping or resuming it would be wrong. Compared as
+        a resume compares them (config.recipe_changes: keys added to or removed from the harness since, and
+        train.resume/resume_force, are no change)."""
         saved = self.dir / "config.yaml"
         if not saved.is_file():
             return None
-        old, new = C.flatten(yaml.safe_load(saved.read_text()) or {}), C.flatten(self.resolved)
-        keys = [k for k in sorted(set(old) | set(new)) if k != "train.resume" and old.get(k) != new.get(k)]
-        if not keys:
+        diff = C.recipe_changes(yaml.safe_load(saved.read_text()) or {}, C.from_dict(C.Config, self.resolved))
+        if not diff:
             return None
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if keys[4:] else "")
+        keys = list(diff)
+        changes = ", ".join(f"{k}: {C.value_text(diff[k][0])} -> {C.value_text(diff[k][1])}" for k in keys[:4]) + (
+            ", ..." if keys[4:] else "")
         return (f"{saved} was written for another config ({changes}); move that run directory away or give "
                 f"the sweep another out=DIR")
 
@@ -236,20 +241,47 @@ def expand(sweep: Sweep, cli_overrides: list[str] | None = None) -> list[Run]:
     return runs
 
 
+SWEEP_SBATCH = REPO / "launch" / "slurm" / "sweep.sbatch"
+
+
+def slurm_cpus(sweep: Sweep) -> int:
+    """CPUs of one array task: --cpus-per-task (or -c) in the sweep's slurm.sbatch_args, else the one
+    launch/slurm/sweep.sbatch asks for."""
+    args = sweep.slurm.sbatch_args
+    for i, arg in enumerate(args):
+        m = re.fullmatch(r"(?:--cpus-per-task=|-c=?)(\d+)", arg)
+        if m is None and arg in ("--cpus-per-task", "-c") and i + 1 < len(args) and args[i + 1].isdigit():
+            return int(args[i + 1])
+        if m:
+            return int(m.group(1))
+    return int(re.search(r"^#SBATCH --cpus-per-task=(\d+)", SWEEP_SBATCH.read_text(), re.M).group(1))
+
+
 def sweep_threads(sweep: Sweep, pts: list[dict], fixed: dict) -> int:
-    """Threads per process for every run: the sweep's threads_per_process, else the harness's rule for the
-    largest process count of the sweep (harness.provenance.default_threads)."""
+    """Threads per process for every run, worked out for where the runs run: the sweep's
+    threads_per_process, else, over the largest process count of the sweep, this machine's rule for the
+    local launcher (harness.provenance.default_threads), a Slurm array task's --cpus-per-task for the
+    Slurm one. A W&B agent's machine is unknown here: that launcher needs threads_per_process."""
+    where = f"sweep {sweep.name}: threads_per_process={sweep.threads_per_process}"
     if sweep.threads_per_process < 0:
-        raise C.ConfigError(f"sweep {sweep.name}: threads_per_process={sweep.threads_per_process}: 0 (the "
-                            f"default rule) or a whole number of threads >= 1")
+        raise C.ConfigError(f"{where}: 0 (the default rule) or a whole number of threads >= 1")
     if sweep.threads_per_process:
         return sweep.threads_per_process
+    most = max((v for p in pts for k, v in {**fixed, **p}.items() if LAUNCH_KEYS.get(k) == "gpus"
+                and isinstance(v, int)), default=1)
+    if sweep.launcher == "wandb":
+        raise C.ConfigError(f"{where}: the W&B agents' machines are unknown here; set threads_per_process (in "
+                            f"the sweep file, or threads_per_process=N: e.g. the agents' node's CPU cores over its GPUs)")
+    if sweep.launcher == "slurm":
+        cpus = slurm_cpus(sweep)
+        if cpus < most:
+            raise C.ConfigError(f"{where}: --cpus-per-task={cpus} is fewer CPUs than the {most} processes of the "
+                                f"sweep's largest run; raise it in slurm.sbatch_args, or set threads_per_process")
+        return cpus // most
     import torch
 
     from harness.provenance import default_threads
 
-    most = max((v for p in pts for k, v in {**fixed, **p}.items() if LAUNCH_KEYS.get(k) == "gpus"
-                and isinstance(v, int)), default=1)
     return default_threads("cuda" if torch.cuda.is_available() else "cpu", most)
 
 
