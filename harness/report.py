@@ -565,6 +565,13 @@ def plot_pareto(groups: list[dict], path: Path) -> bool:
     return True
 
 
+def grad_norm_rows(run_dir: Path) -> list[dict]:
+    """A run's grad_norms.jsonl (harness.training.gradflow's rows) as the run stands, by step: a resumed
+    start logs the steps it trains again after the earlier start's rows, and the later row of a step counts."""
+    rows = {r["step"]: r for r in metrics.read_rows(run_dir / "grad_norms.jsonl") if "step" in r}
+    return [rows[step] for step in sorted(rows)]
+
+
 def plot_grad_flow(groups: list[dict], path: Path) -> bool:
     """Per group with grad_norms.jsonl (its first seed): gradient norm against depth at a few points of
     training (colour: early to late), panels side by side on one y scale so models compare at a glance."""
@@ -573,7 +580,7 @@ def plot_grad_flow(groups: list[dict], path: Path) -> bool:
 
     panels = []
     for g in sorted(groups, key=lambda g: g["label"]):  # plainnet18 beside plainnet34, resnet18 ...
-        rows = metrics.read_rows(Path(g["records"][0]["source"]) / "grad_norms.jsonl")  # harness.training.gradflow's
+        rows = grad_norm_rows(Path(g["records"][0]["source"]))
         if rows:
             panels.append((g, rows))
     if not panels:

@@ -209,6 +209,12 @@ def test_grad_flow_plot_from_grad_norms_files(tmp_path):
     out = tmp_path / "report"
     R.main([str(tmp_path / "runs"), f"out={out}"])
     assert (out / "grad_flow.png").is_file() and "## Gradient flow" in (out / "report.md").read_text()
+    # a start resumed from step 15 logs step 20 again, then 30: the run as it stands, by step, later row first
+    with open(tmp_path / "runs" / "res" / "grad_norms.jsonl", "a") as f:
+        for step in (20, 30):
+            f.write(json.dumps({"step": step, "epoch": step / 10, "steps": 5, "layers": []}) + "\n")
+    rows = R.grad_norm_rows(tmp_path / "runs" / "res")
+    assert [(r["step"], r["steps"]) for r in rows] == [(10, 10), (20, 5), (30, 5)]
 
 
 def test_an_impossible_scaling_row_is_flagged_in_table_console_and_plot(tmp_path, capsys):
