@@ -487,18 +487,35 @@ def test_bad_options_are_refused_before_the_run_directory_exists(tmp_path):
 def test_augment_from_config_reads_every_option():
     """Every Augment field comes from the data config (so an option added to both reaches every loader a
     config builds): each set here to a value other than its default, and read back."""
-    values = dict(augment=False, crop_padding=2, flip=False, cutout=8, flip_mode="alternate", pad_mode="reflect",
+    values = dict(crop_padding=2, flip=False, cutout=8, flip_mode="alternate", pad_mode="reflect",
                   mixup=0.8, cutmix=1.0, mix_switch_prob=0.3, mix_stop_epoch=5, randaugment="rand-m7-n3",
                   random_erasing=0.25)
-    data = C.DataConfig(**values)
-    augment = Augment.from_config(data)
+    augment = Augment.from_config(C.DataConfig(**values))
+    off = Augment.from_config(C.DataConfig(augment=False))  # on its own: beside the others it is refused (below)
+    values["augment"] = False
     default = Augment()
     for f in fields(Augment):
         key = Augment.CONFIG_KEYS.get(f.name, f.name)
         assert key in values, f"the test sets no value for {f.name}"
-        assert getattr(augment, f.name) == values[key] != getattr(default, f.name), f.name
+        assert getattr(off if key == "augment" else augment, f.name) == values[key] != getattr(default, f.name), f.name
     with pytest.raises(UserError, match="data.random_erasing=2.0"):
         Augment.from_config(C.DataConfig(random_erasing=2.0))
+
+
+def test_augment_false_refuses_the_options_it_would_drop():
+    """data.augment=false renders no augmentation, so cutout, RandAugment, erasing, mixup or cutmix beside it
+    would be dropped without a word: one line naming each and the fix. augment=false alone is fine, and
+    the evaluation loader's own Augment(enabled=False) is built from the defaults."""
+    for key, value in (("cutout", 8), ("randaugment", "rand-m9-n2"), ("random_erasing", 0.25), ("mixup", 0.8),
+                       ("cutmix", 1.0)):
+        with pytest.raises(UserError, match=rf"data.augment=false .* data.{key}={value}.* data.augment=true"):
+            Augment.from_config(C.DataConfig(augment=False, **{key: value}))
+    with pytest.raises(UserError, match="data.mixup=0.8, data.cutmix=1.0"):
+        check_config(C.apply_overrides(C.Config(), ["data.augment=false", "data.mixup=0.8", "data.cutmix=1.0"]), 1)
+    assert not Augment.from_config(C.DataConfig(augment=False)).enabled
+    split = random_split(64, seed=0)
+    loader = make("torch", split.images, split.labels, 16, train=False, augment=Augment(cutout=8, mixup=0.8))
+    assert not loader.augment.enabled and loader.augment.padding == 4
 
 
 # -- soft targets through the loss -----------------------------------------------------------------------

@@ -98,6 +98,14 @@ class Augment:
         if self.mix_stop_epoch < 0:
             raise UserError(f"data.mix_stop_epoch={self.mix_stop_epoch}: an epoch, at least 0 (0: never stop)")
         randaugment.parse(self.randaugment)  # a malformed policy fails here, at construction
+        if not self.enabled:  # enabled=False renders none of them: asking for one is a contradiction
+            asked = [f"data.{key}={value}" for key, value in (
+                ("cutout", self.cutout), ("randaugment", self.randaugment), ("random_erasing", self.random_erasing),
+                ("mixup", self.mixup), ("cutmix", self.cutmix)) if value]
+            if asked:
+                raise UserError(f"data.augment=false turns training augmentation off, but {', '.join(asked)} "
+                                f"asks for some: set data.augment=true, or leave {'them' if len(asked) > 1 else 'it'} "
+                                f"off")
 
     # Augment field -> the data config's key where the names differ; every other field is read under its own
     # name, so an option added here reaches the loaders of every tool that builds them from a config
