@@ -44,7 +44,7 @@ class ModelConfig:
     whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
     whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
     whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
-    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
+    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (MobileNet v2, EfficientNet: torchvision's EfficientNet rule, this x i / n at block i of n, all blocks counted) (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
 
 
 @dataclass

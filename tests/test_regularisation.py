@@ -371,7 +371,10 @@ def _drop_modules(model: nn.Module) -> list[StochasticDepth]:
     return [m for m in model.modules() if isinstance(m, StochasticDepth)]
 
 
-@pytest.mark.parametrize("name", DROP_PATH)
+MBCONV = ["efficientnet_b0", "mobilenet_v2"]  # torchvision's EfficientNet rule (the next test)
+
+
+@pytest.mark.parametrize("name", [n for n in DROP_PATH if n not in MBCONV])
 def test_drop_path_rates_rise_linearly_to_the_rate(name):
     with torch.device("meta"):
         model = create_model(name, drop_path=0.3)
@@ -380,6 +383,35 @@ def test_drop_path_rates_rise_linearly_to_the_rate(name):
     assert rates == pytest.approx([step * (i + 1) for i in range(len(rates))])
     assert rates[-1] == 0.3 and all(m.mode == "row" for m in _drop_modules(model))
     assert count_params(model) == SEED_PARAMS[name]  # stochastic depth has no parameters
+
+
+def _block_rates(blocks) -> list[float]:
+    """The rate of each MBConv block with a residual (ours: `use_residual`, torchvision's: `use_res_connect`)."""
+    return [getattr(getattr(b, "drop_path", getattr(b, "stochastic_depth", None)), "p", 0.0)
+            for b in blocks if getattr(b, "use_residual", getattr(b, "use_res_connect", False))]
+
+
+@pytest.mark.parametrize("rate", [None, 0.3])
+def test_mbconv_drop_path_rates_are_torchvisions(rate):
+    """efficientnet_b0's stochastic depth is torchvision's efficientnet_b0's, block for block: rate * i / 16
+    at block i of 16 (at the default 0.2: 0.025 ... 0.175 on the 9 blocks with a residual, blocks 2 ... 14), so the default
+    model's training forward is the one it had before model.drop_path existed. mobilenet_v2 (17 blocks)
+    follows the same rule."""
+    from torchvision.models import efficientnet_b0
+
+    with torch.device("meta"):
+        ours = create_model("efficientnet_b0", drop_path=rate)
+        theirs = efficientnet_b0(stochastic_depth_prob=0.2 if rate is None else rate)
+        v2 = create_model("mobilenet_v2", drop_path=rate)
+    expected = _block_rates(b for stage in theirs.features[1:-1] for b in stage)
+    assert len(expected) == 9 and expected[0] > 0  # the first block (no residual) carries the 0
+    assert _block_rates(ours.blocks) == expected
+    if rate is None:
+        assert expected == pytest.approx([0.2 * i / 16 for i in (2, 4, 6, 7, 9, 10, 12, 13, 14)])
+        assert not _drop_modules(v2)  # mobilenet_v2's default: off
+    else:
+        residual = [i for i, b in enumerate(v2.blocks) if b.use_residual]
+        assert _block_rates(v2.blocks) == [rate * i / 17 for i in residual] and len(residual) == 10
 
 
 @pytest.mark.parametrize("name", [n for n in DROP_PATH if n != "resnet34"])  # resnet18 has its block
@@ -391,7 +423,7 @@ def test_drop_path_is_identity_at_rate_zero_and_in_eval(name):
     zero = create_model(name, drop_path=0.0)
     with torch.no_grad():
         if name == "efficientnet_b0":  # its own default is 0.2 (the paper's), not off
-            assert _drop_modules(default)[-1].p == 0.2 and not _drop_modules(zero)
+            assert _drop_modules(default)[-1].p == 0.2 * 14 / 16 and not _drop_modules(zero)
         else:  # built without any stochastic depth: rate 0 is the default model, forward for forward
             assert not _drop_modules(default)
             for mode in ("train", "eval"):  # train first: both update their BN statistics alike
