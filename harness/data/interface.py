@@ -11,8 +11,9 @@ number of equal-shape batches (one compiled graph, matching DDP collectives).
 What a backend sees of randomness is an `EpochPlan`: the rank's sample indices and every augmentation
 parameter (crop offsets, flips, cutout centres, RandAugment ops and signs, erased rectangles, mixing
 weights, cutmix boxes, and the mixing partners' own parameters) for one epoch. A backend only renders
-batch k of it, so the torch and DALI backends give the same batches and a loader's checkpoint state is
-(epoch, batch).
+batch k of it, so the torch and DALI backends give the same batches (up to float rounding; with
+RandAugment, DALI's Equalize and Color differ in pixel values: dali.py) and a loader's checkpoint state
+is (epoch, batch).
 
 Order of the per-image operations, in both backends: crop, flip, RandAugment (uint8), normalise, cutout,
 random erasing, then mixup/cutmix with the partner's image rendered the same way (mix.py).
@@ -149,6 +150,8 @@ class EpochPlan:
 
     # what renders one image (the partner carries these, not the mixing fields)
     RENDER = ("indices", "dy", "dx", "flip", "cy", "cx", "ops", "negate", "erase")
+    MIX = ("lam", "cut", "box")  # what mixes an image with its partner's
+    HOST = ("ops", "negate")  # read on the host (RandAugment's grouping, DALI's argument inputs)
 
 
 def _key_seed(*key: int) -> int:
@@ -282,7 +285,9 @@ class _Ahead:
 
     def __init__(self, build, epoch: int):
         self.epoch, self._plan, self._error = epoch, None, None
-        self._thread = threading.Thread(target=self._run, args=(build,), name=f"harness-plan-epoch-{epoch}")
+        # daemon: a process that ends while a plan is being built does not wait for it
+        self._thread = threading.Thread(target=self._run, args=(build,), name=f"harness-plan-epoch-{epoch}",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, build) -> None:
@@ -328,16 +333,22 @@ def batch_labels(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class Loader:
     """Shared bookkeeping of every backend: plan per epoch, len, resumable position.
 
-    Backends implement `_batch(k) -> (images, targets)` for batch `k` of the current plan, or override
-    `_render(ks)` when they work ahead; they render uint8 images, hand them to `normalised` (or do the
-    same on their own device) and the result to `deliver`, which mixes and casts.
+    Backends implement `_batch(plan, k) -> (images, targets)` for batch `k` of the pass's plan, or override
+    `_render(plan, ks)` when they work ahead; they render uint8 images, hand them to `normalised` (or do the
+    same on their own device) and the result to `deliver`, which mixes and casts. A pass renders the plan
+    it started with: a `set_epoch` in the middle of it takes effect at the next pass.
     """
+
+    # the plan's fields a backend reads on the device (`device_plan`): this default is the torch
+    # backend's (all but the host-read RandAugment rows); DALI renders on its own and needs fewer
+    device_fields = tuple(f for f in EpochPlan.RENDER if f not in EpochPlan.HOST) + EpochPlan.MIX
 
     def __init__(self, num_samples: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1,
                  seed: int = 0, drop_last: bool = True, augment: Augment | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 channels_last: bool = True, num_classes: int = 10):
+                 channels_last: bool = True, num_classes: int = 10, epochs: int | None = None):
         self.n, self.batch_size, self.train, self.num_classes = num_samples, batch_size, train, num_classes
+        self.epochs = epochs  # training: the run's epoch count, where no plan is built ahead (None: endless)
         self.rank, self.world, self.seed, self.drop_last = rank, world, seed, drop_last
         off = Augment(enabled=False, padding=augment.padding if augment else 4)
         self.augment = augment if (augment and train) else off
@@ -373,7 +384,9 @@ class Loader:
     def __iter__(self):
         start, self.start_batch = self.start_batch, 0
         self._position = start
-        for k, batch in enumerate(self._render(range(start, len(self))), start):
+        plan = self.plan()  # the pass's plan, whatever set_epoch does during it
+        batches = math.ceil(len(plan.indices) / self.batch_size)
+        for k, batch in enumerate(self._render(plan, range(start, batches)), start):
             self._position = k + 1  # handed out: a checkpoint taken after this step resumes at k + 1
             yield batch
             if k == start:
@@ -410,9 +423,11 @@ class Loader:
         """Start building the next epoch's training plan, once per epoch. `__iter__` calls it after the
         pass's first batch, not at the boundary: starting a thread costs the loader's thread a few ms
         (the GIL's 5 ms switch interval), which the GPU absorbs mid-epoch, with steps queued, and would
-        wait for at the boundary, where the loop has synchronised."""
+        wait for at the boundary, where the loop has synchronised. None past the run's last epoch
+        (`epochs`), when the loader knows it."""
         nxt = self._plan_epoch + 1
-        if self.train and (self._ahead is None or self._ahead.epoch != nxt):
+        last = self.epochs is not None and nxt >= self.epochs
+        if self.train and not last and (self._ahead is None or self._ahead.epoch != nxt):
             self._ahead = _Ahead(self._build_plan, nxt)
 
     def _build_plan(self, epoch: int) -> EpochPlan:
@@ -432,20 +447,18 @@ class Loader:
     def batch_slice(self, k: int) -> slice:
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
-    def device_plan(self) -> dict:
-        """The current plan's tensors on the device, copied once per epoch: {field: tensor} for the rank's
-        own positions, and under 'partner' the same for their mixing partners (when the epoch mixes). On a
-        GPU the plan is page-locked (`_build_plan`), so the copy is queued on the stream and the host goes
-        on at once."""
-        plan = self.plan()
+    def device_plan(self, plan: EpochPlan) -> dict:
+        """`plan`'s `device_fields` on the device, copied once per plan: {field: tensor} for the rank's own
+        positions, and under 'partner' the same for their mixing partners when this rank renders them (the
+        epoch mixes and `own_partners` is false). On a GPU the plan is page-locked (`_build_plan`), so the
+        copy is queued on the stream and the host goes on at once."""
         if self._dev_plan_key is not plan:
             def to_device(p: EpochPlan) -> dict:
-                return {f: getattr(p, f).to(self.device, non_blocking=True) for f in
-                        ("indices", "dy", "dx", "flip", "cy", "cx", "erase", "lam", "cut", "box")
+                return {f: getattr(p, f).to(self.device, non_blocking=True) for f in self.device_fields
                         if getattr(p, f) is not None}
 
             self._dev_plan = to_device(plan)
-            if plan.partner is not None:
+            if plan.partner is not None and not self.own_partners:
                 self._dev_plan["partner"] = to_device(plan.partner)
             self._dev_plan_key = plan
         return self._dev_plan
@@ -474,13 +487,13 @@ class Loader:
             x = x.masked_fill(hole[:, None], 0.0)
         return x
 
-    def deliver(self, x: torch.Tensor, labels: torch.Tensor, k: int,
+    def deliver(self, x: torch.Tensor, labels: torch.Tensor, plan: EpochPlan, k: int,
                 partner: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 NCHW batch k and its labels -> what the loader yields: mixed with the partners' images
-        and labels (`partner`; None when the rank's own, reversed) when the epoch mixes, soft targets
-        when mixing is configured, in the model's dtype and memory format."""
+        """float32 NCHW batch k of `plan` and its labels -> what the loader yields: mixed with the partners'
+        images and labels (`partner`; None when the rank's own, reversed) as the plan says when its epoch
+        mixes, soft targets when mixing is configured, in the model's dtype and memory format."""
         if self.augment.soft_targets:
-            rows = self.device_plan()
+            rows = self.device_plan(plan)
             if "lam" in rows:
                 s = self.batch_slice(k)
                 other, other_labels = partner if partner is not None else (x.flip(0), labels.flip(0))
@@ -496,11 +509,11 @@ class Loader:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(self.dtype).contiguous(memory_format=fmt)
 
-    def _batch(self, k: int):
+    def _batch(self, plan: EpochPlan, k: int):
         raise NotImplementedError
 
-    def _render(self, ks: range):
-        """Batches `ks` of the current plan, in order. A backend that works ahead (DALI's prefetch
-        queue) overrides this; the default renders one batch at a time."""
+    def _render(self, plan: EpochPlan, ks: range):
+        """Batches `ks` of `plan`, in order. A backend that works ahead (DALI's prefetch queue) overrides
+        this; the default renders one batch at a time."""
         for k in ks:
-            yield self._batch(k)
+            yield self._batch(plan, k)
