@@ -233,6 +233,30 @@ def test_set_epoch_during_a_pass_changes_nothing_of_it(backend, world, data):
             assert torch.equal(x, u) and torch.equal(y, v)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_plan_reaches_the_device_once_with_only_what_the_backend_reads_there(backend, data):
+    # torch renders from every field but the RandAugment rows (grouped on the host); DALI takes its rendering
+    # parameters from the host and needs only the indices and the mixing on the device; the partners' fields
+    # only where the rank renders them (not on 1 process). One copy per plan: a pass reuses it, and DALI's
+    # sources gather with the same indices tensor.
+    mixing = ("lam", "cut", "box")
+    want = ({"indices", "dy", "dx", "flip", "cy", "cx", "erase", *mixing} if backend == "torch"
+            else {"indices", *mixing})
+    for world in (1, 2):
+        loader = make(backend, *data, 40 // world, seed=2, rank=0, world=world,
+                      augment=Augment(cutout=6, **ALL_OPTIONS))
+        assert len(list(loader)) == 5
+        plan = loader.plan()
+        rows = loader.device_plan(plan)
+        assert set(rows) - {"partner"} == want
+        assert ("partner" in rows) == (world == 2)
+        if world == 2:
+            assert set(rows["partner"]) == want - set(mixing)
+        assert loader.device_plan(plan) is rows  # not copied again
+        if backend == "dali":
+            assert loader._arrays[1] is rows["indices"]  # the gather's indices: the same copy
+
+
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batches_from_plans_built_ahead_equal_a_fresh_loaders(backend, options, data):
