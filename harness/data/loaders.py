@@ -22,7 +22,8 @@ __all__ = ["CIFAR_MEAN", "CIFAR_STD", "AUTO_BACKEND", "Augment", "EpochPlan", "L
 # measurement exists yet, so "cuda" is torch: the GPU-resident torch backend does one gather per batch on
 # the device and DALI's path does that gather and then its operators, so torch does no more work. A GPU
 # measurement that shows DALI faster changes the "cuda" entry (and docs/data_pipeline.md, which records
-# the figures). On a CPU, the 2-core figures in the docs vary tenfold between runs: no winner, torch.
+# the figures). On the 2-core CPU, training fed by either backend runs at the same fraction of the
+# synthetic-data speed (0.91-0.95 in three runs, docs/benchmarks/cpu/data/stability.md): no winner, torch.
 AUTO_BACKEND = {"cuda": "torch", "cpu": "torch"}
 
 
