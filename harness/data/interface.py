@@ -37,9 +37,9 @@ next epoch's plan on a background thread while the current epoch trains (`Loader
 epoch's first batch), in page-locked memory on a GPU, and the epoch boundary finds it ready: the GPU
 waits neither for a host-built plan nor for a host-synchronous copy of it (`device_plan` copies it with
 non_blocking=True, which is asynchronous from page-locked memory only). One epoch ahead rather than every
-epoch's plan at the start: about the same wait at the boundary (0.08 against 0.03 ms on the CPU here),
-for 2 plans in memory instead of one per epoch, and no builds before the first step
-(docs/data_pipeline.md, "Plans ahead of time", has the measurement).
+epoch's plan at the start: about the same wait at the boundary (0.07 against 0.03 ms on the 2-core CPU),
+for 2 plans in memory instead of one per epoch, and no builds before the first step but the first
+epoch's (docs/data_pipeline.md, "Plans ahead of time", has the measurement and its command).
 
 This module imports no backend (only the leaf modules randaugment.py, mix.py and cache.py); the backends
 import it, and `loaders.py` imports them (one way).
@@ -421,9 +421,10 @@ class Loader:
 
     def _plan_ahead(self) -> None:
         """Start building the next epoch's training plan, once per epoch. `__iter__` calls it after the
-        pass's first batch, not at the boundary: starting a thread costs the loader's thread a few ms
-        (the GIL's 5 ms switch interval), which the GPU absorbs mid-epoch, with steps queued, and would
-        wait for at the boundary, where the loop has synchronised. None past the run's last epoch
+        pass's first batch, not at the boundary: started at the boundary the thread costs it 0.9 ms
+        (median, p90 5 ms: the GIL's 5 ms switch interval) against 0.07 ms (docs/data_pipeline.md), which
+        the GPU absorbs mid-epoch, with steps queued, and would wait for at the boundary, where the loop
+        has synchronised. None past the run's last epoch
         (`epochs`), when the loader knows it."""
         nxt = self._plan_epoch + 1
         last = self.epochs is not None and nxt >= self.epochs
