@@ -424,8 +424,7 @@ class Loader:
         pass's first batch, not at the boundary: started at the boundary the thread costs it 0.9 ms
         (median, p90 5 ms: the GIL's 5 ms switch interval) against 0.07 ms (docs/data_pipeline.md), which
         the GPU absorbs mid-epoch, with steps queued, and would wait for at the boundary, where the loop
-        has synchronised. None past the run's last epoch
-        (`epochs`), when the loader knows it."""
+        has synchronised. None past the run's last epoch (`epochs`), when the loader knows it."""
         nxt = self._plan_epoch + 1
         last = self.epochs is not None and nxt >= self.epochs
         if self.train and not last and (self._ahead is None or self._ahead.epoch != nxt):

@@ -52,7 +52,8 @@ def build_loader(backend: str, images: np.ndarray | None, labels: np.ndarray | N
                  num_classes: int = 10, synthetic_size: int = 50000, prefetch: int = 2, **kw) -> Loader:
     """A loader of `backend` (already resolved: torch, dali or synthetic) over one split; `batch_size`
     is per process; `num_classes` sizes the soft targets (mixup/cutmix) and the synthetic labels. Keyword
-    arguments: see `Loader` (train, rank, world, seed, drop_last, augment, device, dtype, channels_last)."""
+    arguments: see `Loader` (train, rank, world, seed, drop_last, augment, device, dtype, channels_last,
+    epochs)."""
     if backend == "synthetic":
         from harness.data.synthetic import SyntheticLoader
 
