@@ -44,7 +44,7 @@ class ModelConfig:
     whiten_eps: float = 5e-4  # added to every eigenvalue of the patch covariance: caps the gain of the flattest directions
     whiten_images: int = 5000  # training images whose patches estimate the covariance (airbench: 5000)
     whiten_bias_epochs: float = 0.0  # with model.whiten: the whitened conv's bias trains for this many epochs, its lr falling linearly from the peak to 0, then stops (0: it trains as any bias; airbench: 3)
-    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
+    drop_path: float | None = None  # stochastic depth: each residual block's branch is dropped per sample while training at a rate rising linearly with depth from 0 to this at the last block (MobileNet v2, EfficientNet: torchvision's EfficientNet rule, this x i / n at block i of n, all blocks counted) (torchvision's StochasticDepth, row mode); a rate in [0, 1); null: the model's own default (off, except efficientnet_b0's 0.2); only the ResNet family (not plainnet), DenseNet, MobileNet v2, EfficientNet and ConvNeXt have it
 
 
 @dataclass
@@ -73,7 +73,7 @@ class DataConfig:
     cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) (timm --cutmix; 0: off): a box of the partner's image replaces the image's, lam recomputed from the clipped box; soft targets
     mix_switch_prob: float = 0.5  # with both mixup and cutmix on: the probability that an image gets cutmix rather than mixup (timm --mixup-switch-prob)
     mix_stop_epoch: int = 0  # no mixing from this (0-based) epoch on; the targets stay soft, one-hot (timm --mixup-off-epoch; 0: never stop)
-    randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off)
+    randaugment: str = ""  # RandAugment as rand-m<magnitude 0..30>-n<ops per image>, e.g. rand-m9-n2 (torchvision's op set and magnitudes, per image; "": off). The backends draw the same ops but render two differently: with data.backend=dali, Equalize is OpenCV's table (up to 65 levels from torchvision's) and Color is one level off on 0.16% of the pixels (harness/data/dali.py)
     random_erasing: float = 0.0  # probability that a training image gets one rectangle erased to 0 after normalisation (torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3; timm --reprob; 0: off)
     test_subset: str = "auto"  # accuracy also on these test images (summary test_subset_acc, with its 95% interval): a JSON list of test-image indices (or {"indices": [...]}); auto: data.root/test_exact.json when present (e.g. the test images of a recovered copy that are bit-exact); none (or ""): off
 

@@ -185,6 +185,78 @@ def test_plans_built_ahead_equal_plans_built_per_epoch(options, data, monkeypatc
     assert torch.equal(ev.plan().indices, eval_indices(200, 16, 0, 1))
 
 
+def test_no_plan_is_built_past_the_last_epoch(data, monkeypatch):
+    # a loader that knows the run's epochs builds none ahead after the last, and its builder thread is a
+    # daemon (a process that ends does not wait for a plan); without `epochs` it plans on, as endless does
+    from harness.data import interface
+
+    built = []  # (epoch, the loader's thread, a daemon thread)
+
+    def counting(*a, **kw):
+        t = threading.current_thread()
+        built.append((kw["epoch"], t is threading.main_thread(), t.daemon))
+        return make_plan(*a, **kw)
+
+    monkeypatch.setattr(interface, "make_plan", counting)
+    for epochs, last in ((3, 2), (None, 3)):
+        built.clear()
+        loader = make("torch", *data, 20, seed=6, augment=Augment(**ALL_OPTIONS), epochs=epochs)
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            assert sum(1 for _ in loader) == 10
+        for t in threading.enumerate():  # a plan still being built
+            if t.name.startswith("harness-plan-epoch-"):
+                t.join()
+        assert sorted(built) == [(0, True, False)] + [(e, False, True) for e in range(1, last + 1)], epochs
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_epoch_during_a_pass_changes_nothing_of_it(backend, world, data):
+    # a pass renders the plan it started with: images and their mixing (weights, boxes, partners) from one
+    # epoch even when set_epoch moves on in the middle (rank 0 of 2 renders its partners; 1 process does not)
+    kw = dict(seed=4, rank=0, world=world, augment=Augment(cutout=6, **ALL_OPTIONS))
+    reference = []
+    for epoch in (0, 1):
+        fresh = make(backend, *data, 40 // world, **kw)
+        fresh.set_epoch(epoch)
+        reference.append(list(fresh))
+    loader = make(backend, *data, 40 // world, **kw)
+    it = iter(loader)
+    passes = [[next(it)]]
+    loader.set_epoch(1)
+    passes[0] += list(it)
+    passes.append(list(loader))  # the next pass is epoch 1's
+    for got, want in zip(passes, reference, strict=True):
+        assert len(got) == len(want) == 5
+        for (x, y), (u, v) in zip(got, want):
+            assert torch.equal(x, u) and torch.equal(y, v)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_plan_reaches_the_device_once_with_only_what_the_backend_reads_there(backend, data):
+    # torch renders from every field but the RandAugment rows (grouped on the host); DALI takes its rendering
+    # parameters from the host and needs only the indices and the mixing on the device; the partners' fields
+    # only where the rank renders them (not on 1 process). One copy per plan: a pass reuses it, and DALI's
+    # sources gather with the same indices tensor.
+    mixing = ("lam", "cut", "box")
+    want = ({"indices", "dy", "dx", "flip", "cy", "cx", "erase", *mixing} if backend == "torch"
+            else {"indices", *mixing})
+    for world in (1, 2):
+        loader = make(backend, *data, 40 // world, seed=2, rank=0, world=world,
+                      augment=Augment(cutout=6, **ALL_OPTIONS))
+        assert len(list(loader)) == 5
+        plan = loader.plan()
+        rows = loader.device_plan(plan)
+        assert set(rows) - {"partner"} == want
+        assert ("partner" in rows) == (world == 2)
+        if world == 2:
+            assert set(rows["partner"]) == want - set(mixing)
+        assert loader.device_plan(plan) is rows  # not copied again
+        if backend == "dali":
+            assert loader._arrays[1] is rows["indices"]  # the gather's indices: the same copy
+
+
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["crop", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batches_from_plans_built_ahead_equal_a_fresh_loaders(backend, options, data):
@@ -410,7 +482,7 @@ def test_global_batches_do_not_depend_on_the_world_size(backend, options):
     kw = dict(seed=3, augment=Augment(cutout=8, **options), drop_last=False)
     one = render_ranks(backend, images, labels, G, 1, epoch=1, **kw)
     assert len(one) == 5  # ceil(200 / 48), the last global batch wrapped to full size
-    for world in (2, 4):
+    for world in (2, 3, 4):  # 3: the middle rank mixes with its own images, the others render partners
         many = render_ranks(backend, images, labels, G // world, world, epoch=1, **kw)
         assert len(many) == len(one)
         for (x, y), (u, v) in zip(one, many):

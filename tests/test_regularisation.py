@@ -371,7 +371,10 @@ def _drop_modules(model: nn.Module) -> list[StochasticDepth]:
     return [m for m in model.modules() if isinstance(m, StochasticDepth)]
 
 
-@pytest.mark.parametrize("name", DROP_PATH)
+MBCONV = ["efficientnet_b0", "mobilenet_v2"]  # torchvision's EfficientNet rule (the next test)
+
+
+@pytest.mark.parametrize("name", [n for n in DROP_PATH if n not in MBCONV])
 def test_drop_path_rates_rise_linearly_to_the_rate(name):
     with torch.device("meta"):
         model = create_model(name, drop_path=0.3)
@@ -380,6 +383,35 @@ def test_drop_path_rates_rise_linearly_to_the_rate(name):
     assert rates == pytest.approx([step * (i + 1) for i in range(len(rates))])
     assert rates[-1] == 0.3 and all(m.mode == "row" for m in _drop_modules(model))
     assert count_params(model) == SEED_PARAMS[name]  # stochastic depth has no parameters
+
+
+def _block_rates(blocks) -> list[float]:
+    """The rate of each MBConv block with a residual (ours: `use_residual`, torchvision's: `use_res_connect`)."""
+    return [getattr(getattr(b, "drop_path", getattr(b, "stochastic_depth", None)), "p", 0.0)
+            for b in blocks if getattr(b, "use_residual", getattr(b, "use_res_connect", False))]
+
+
+@pytest.mark.parametrize("rate", [None, 0.3])
+def test_mbconv_drop_path_rates_are_torchvisions(rate):
+    """efficientnet_b0's stochastic depth is torchvision's efficientnet_b0's, block for block: rate * i / 16
+    at block i of 16 (at the default 0.2: 0.025 ... 0.175 on the 9 blocks with a residual, blocks 2 ... 14), so the default
+    model's training forward is the one it had before model.drop_path existed. mobilenet_v2 (17 blocks)
+    follows the same rule."""
+    from torchvision.models import efficientnet_b0
+
+    with torch.device("meta"):
+        ours = create_model("efficientnet_b0", drop_path=rate)
+        theirs = efficientnet_b0(stochastic_depth_prob=0.2 if rate is None else rate)
+        v2 = create_model("mobilenet_v2", drop_path=rate)
+    expected = _block_rates(b for stage in theirs.features[1:-1] for b in stage)
+    assert len(expected) == 9 and expected[0] > 0  # the first block (no residual) carries the 0
+    assert _block_rates(ours.blocks) == expected
+    if rate is None:
+        assert expected == pytest.approx([0.2 * i / 16 for i in (2, 4, 6, 7, 9, 10, 12, 13, 14)])
+        assert not _drop_modules(v2)  # mobilenet_v2's default: off
+    else:
+        residual = [i for i, b in enumerate(v2.blocks) if b.use_residual]
+        assert _block_rates(v2.blocks) == [rate * i / 17 for i in residual] and len(residual) == 10
 
 
 @pytest.mark.parametrize("name", [n for n in DROP_PATH if n != "resnet34"])  # resnet18 has its block
@@ -391,7 +423,7 @@ def test_drop_path_is_identity_at_rate_zero_and_in_eval(name):
     zero = create_model(name, drop_path=0.0)
     with torch.no_grad():
         if name == "efficientnet_b0":  # its own default is 0.2 (the paper's), not off
-            assert _drop_modules(default)[-1].p == 0.2 and not _drop_modules(zero)
+            assert _drop_modules(default)[-1].p == 0.2 * 14 / 16 and not _drop_modules(zero)
         else:  # built without any stochastic depth: rate 0 is the default model, forward for forward
             assert not _drop_modules(default)
             for mode in ("train", "eval"):  # train first: both update their BN statistics alike
@@ -487,18 +519,35 @@ def test_bad_options_are_refused_before_the_run_directory_exists(tmp_path):
 def test_augment_from_config_reads_every_option():
     """Every Augment field comes from the data config (so an option added to both reaches every loader a
     config builds): each set here to a value other than its default, and read back."""
-    values = dict(augment=False, crop_padding=2, flip=False, cutout=8, flip_mode="alternate", pad_mode="reflect",
+    values = dict(crop_padding=2, flip=False, cutout=8, flip_mode="alternate", pad_mode="reflect",
                   mixup=0.8, cutmix=1.0, mix_switch_prob=0.3, mix_stop_epoch=5, randaugment="rand-m7-n3",
                   random_erasing=0.25)
-    data = C.DataConfig(**values)
-    augment = Augment.from_config(data)
+    augment = Augment.from_config(C.DataConfig(**values))
+    off = Augment.from_config(C.DataConfig(augment=False))  # on its own: beside the others it is refused (below)
+    values["augment"] = False
     default = Augment()
     for f in fields(Augment):
         key = Augment.CONFIG_KEYS.get(f.name, f.name)
         assert key in values, f"the test sets no value for {f.name}"
-        assert getattr(augment, f.name) == values[key] != getattr(default, f.name), f.name
+        assert getattr(off if key == "augment" else augment, f.name) == values[key] != getattr(default, f.name), f.name
     with pytest.raises(UserError, match="data.random_erasing=2.0"):
         Augment.from_config(C.DataConfig(random_erasing=2.0))
+
+
+def test_augment_false_refuses_the_options_it_would_drop():
+    """data.augment=false renders no augmentation, so cutout, RandAugment, erasing, mixup or cutmix beside it
+    would be dropped without a word: one line naming each and the fix. augment=false alone is fine, and
+    the evaluation loader's own Augment(enabled=False) is built from the defaults."""
+    for key, value in (("cutout", 8), ("randaugment", "rand-m9-n2"), ("random_erasing", 0.25), ("mixup", 0.8),
+                       ("cutmix", 1.0)):
+        with pytest.raises(UserError, match=rf"data.augment=false .* data.{key}={value}.* data.augment=true"):
+            Augment.from_config(C.DataConfig(augment=False, **{key: value}))
+    with pytest.raises(UserError, match="data.mixup=0.8, data.cutmix=1.0"):
+        check_config(C.apply_overrides(C.Config(), ["data.augment=false", "data.mixup=0.8", "data.cutmix=1.0"]), 1)
+    assert not Augment.from_config(C.DataConfig(augment=False)).enabled
+    split = random_split(64, seed=0)
+    loader = make("torch", split.images, split.labels, 16, train=False, augment=Augment(cutout=8, mixup=0.8))
+    assert not loader.augment.enabled and loader.augment.padding == 4
 
 
 # -- soft targets through the loss -----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 padded split on the training device), kept for the next run in the same process.
 
 `train.repeats=N` calls `harness.train.main` once per seed in one process; without this cache every
-repeat read and parsed the CIFAR files again and padded the training split again (on the 2-core CPU here,
-reading 0.9-2.3 s and padding 0.2-0.5 s for CIFAR-10; docs/data_pipeline.md has the measurement).
+repeat read and parsed the CIFAR files again and padded the training split again (docs/data_pipeline.md,
+"Plans ahead of time, and the data kept across repeats", has the measured saving per repeat).
 
 What makes it safe:
   * **Never another data set.** An entry is served only while every file it was read from is unchanged:
@@ -11,8 +11,8 @@ What makes it safe:
     timestamp tick of the read leaves all of those as they were (git's "racily clean" case), so an entry
     read from a file modified less than `RACY_S` before the read also keeps a content hash of the files,
     and every lookup of it compares the hash too. CIFAR files unpacked long before a run are never racy
-    (no hashing: 0.65 s for CIFAR-10's 184 MB here); the small files a test has just written are, and
-    cost nothing to hash.
+    (no hashing: about 0.5 s for CIFAR-10's 184 MB on the 2-core CPU, docs/data_pipeline.md); the small
+    files a test has just written are, and cost nothing to hash.
   * **Bounded.** One data set at a time: asking for another (or for the same one after its files
     changed) frees the first and everything derived from it. Derived tensors: one per key, and at most
     `DERIVED_MAX` of them (a run pads at most three splits: train, val, test), least recently used first.

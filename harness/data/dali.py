@@ -62,12 +62,16 @@ import numpy as np
 import torch
 
 from harness.data import randaugment
-from harness.data.interface import Loader, batch_labels
+from harness.data.interface import EpochPlan, Loader, batch_labels
 from harness.errors import UserError
 
 
 class DaliLoader(Loader):
     """DALI-rendered batches of the shared plan, `prefetch` batches ahead (DALI's prefetch queue)."""
+
+    # on the device: the indices (torch gathers the images there, and the labels) and the mixing
+    # weights and boxes (`deliver`); the rendering parameters go to DALI from the host
+    device_fields = ("indices",) + EpochPlan.MIX
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, prefetch: int = 2, **kw):
         super().__init__(len(labels), batch_size, **kw)
@@ -148,11 +152,10 @@ class DaliLoader(Loader):
         pipe.build()
         return pipe
 
-    def _epoch_arrays(self):
-        """The current plan as the sources slice it (built once per epoch): sample indices on the
-        device (the gather runs there), per-sample parameters as host arrays (DALI argument inputs);
-        for the partners too when this rank renders them."""
-        plan = self.plan()
+    def _epoch_arrays(self, plan: EpochPlan):
+        """`plan` as the sources slice it (built once per plan): sample indices on the device (the gather
+        runs there; `device_plan`'s one copy), per-sample parameters as host arrays (DALI argument
+        inputs); for the partners too when this rank renders them."""
         if self._arrays is None or self._arrays[0] is not plan:
             c = self.augment.cutout
 
@@ -170,10 +173,10 @@ class DaliLoader(Loader):
                                                           for i in (0, 2))
                 return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
-            partner = plan.partner if plan.partner is not None and not self.own_partners else None
-            self._arrays = (plan, plan.indices.to(self.device, non_blocking=True), host(plan),
-                            None if partner is None else partner.indices.to(self.device, non_blocking=True),
-                            None if partner is None else host(partner))
+            rows = self.device_plan(plan)
+            partner = rows.get("partner")  # present when this rank renders its partners
+            self._arrays = (plan, rows["indices"], host(plan), None if partner is None else partner["indices"],
+                            None if partner is None else host(plan.partner))
         return self._arrays
 
     def _feed(self, batch: torch.Tensor):
@@ -206,13 +209,13 @@ class DaliLoader(Loader):
         return torch.from_dlpack(out.as_tensor())
 
     # -- the interface -----------------------------------------------------------------------------
-    def _render(self, ks: range):
+    def _render(self, plan: EpochPlan, ks: range):
         if self._pipe is None or self._dirty:
             self._pipe = self._build()  # ~5 ms on this CPU; only after an abandoned pass
         pipe = self._pipe
-        # the plan is fixed for the whole pass (a set_epoch in the middle does not mix epochs)
+        # the sources and `deliver` read the one plan of the pass (a set_epoch in the middle mixes no epochs)
         self._todo_images, self._todo_params = iter(ks), iter(ks)
-        arrays = self._epoch_arrays()
+        arrays = self._epoch_arrays(plan)
         idx, partner_idx = arrays[1], arrays[3]
         self._dirty = True
         token = self._pass = object()  # the pipeline serves one pass at a time
@@ -232,7 +235,7 @@ class DaliLoader(Loader):
                 if partner_idx is not None:  # own images, then the partners'
                     x, theirs = x[:self.batch_size], x[self.batch_size:]
                     partner = (theirs, batch_labels(self.labels, partner_idx[s]))
-                yield self.deliver(x, labels, k, partner)
+                yield self.deliver(x, labels, plan, k, partner)
             try:
                 pipe.run(stream)  # the sources are exhausted: DALI ends its epoch with StopIteration
             except StopIteration:
@@ -245,8 +248,8 @@ class DaliLoader(Loader):
             if self._pass is token:  # an old pass finalised late must not end the current one
                 self._todo_images, self._todo_params = iter(()), iter(())
 
-    def _batch(self, k: int):
-        (batch,) = self._render(range(k, k + 1))  # drains the pipeline: no rebuild on the next pass
+    def _batch(self, plan: EpochPlan, k: int):
+        (batch,) = self._render(plan, range(k, k + 1))  # drains the pipeline: no rebuild on the next pass
         return batch
 
 

@@ -11,8 +11,9 @@ number of equal-shape batches (one compiled graph, matching DDP collectives).
 What a backend sees of randomness is an `EpochPlan`: the rank's sample indices and every augmentation
 parameter (crop offsets, flips, cutout centres, RandAugment ops and signs, erased rectangles, mixing
 weights, cutmix boxes, and the mixing partners' own parameters) for one epoch. A backend only renders
-batch k of it, so the torch and DALI backends give the same batches and a loader's checkpoint state is
-(epoch, batch).
+batch k of it, so the torch and DALI backends give the same batches (up to float rounding; with
+RandAugment, DALI's Equalize and Color differ in pixel values: dali.py) and a loader's checkpoint state
+is (epoch, batch).
 
 Order of the per-image operations, in both backends: crop, flip, RandAugment (uint8), normalise, cutout,
 random erasing, then mixup/cutmix with the partner's image rendered the same way (mix.py).
@@ -36,9 +37,9 @@ next epoch's plan on a background thread while the current epoch trains (`Loader
 epoch's first batch), in page-locked memory on a GPU, and the epoch boundary finds it ready: the GPU
 waits neither for a host-built plan nor for a host-synchronous copy of it (`device_plan` copies it with
 non_blocking=True, which is asynchronous from page-locked memory only). One epoch ahead rather than every
-epoch's plan at the start: about the same wait at the boundary (0.08 against 0.03 ms on the CPU here),
-for 2 plans in memory instead of one per epoch, and no builds before the first step
-(docs/data_pipeline.md, "Plans ahead of time", has the measurement).
+epoch's plan at the start: about the same wait at the boundary (0.07 against 0.03 ms on the 2-core CPU),
+for 2 plans in memory instead of one per epoch, and no builds before the first step but the first
+epoch's (docs/data_pipeline.md, "Plans ahead of time", has the measurement and its command).
 
 This module imports no backend (only the leaf modules randaugment.py, mix.py and cache.py); the backends
 import it, and `loaders.py` imports them (one way).
@@ -98,6 +99,14 @@ class Augment:
         if self.mix_stop_epoch < 0:
             raise UserError(f"data.mix_stop_epoch={self.mix_stop_epoch}: an epoch, at least 0 (0: never stop)")
         randaugment.parse(self.randaugment)  # a malformed policy fails here, at construction
+        if not self.enabled:  # enabled=False renders none of them: asking for one is a contradiction
+            asked = [f"data.{key}={value}" for key, value in (
+                ("cutout", self.cutout), ("randaugment", self.randaugment), ("random_erasing", self.random_erasing),
+                ("mixup", self.mixup), ("cutmix", self.cutmix)) if value]
+            if asked:
+                raise UserError(f"data.augment=false turns training augmentation off, but {', '.join(asked)} "
+                                f"asks for some: set data.augment=true, or leave {'them' if len(asked) > 1 else 'it'} "
+                                f"off")
 
     # Augment field -> the data config's key where the names differ; every other field is read under its own
     # name, so an option added here reaches the loaders of every tool that builds them from a config
@@ -141,6 +150,8 @@ class EpochPlan:
 
     # what renders one image (the partner carries these, not the mixing fields)
     RENDER = ("indices", "dy", "dx", "flip", "cy", "cx", "ops", "negate", "erase")
+    MIX = ("lam", "cut", "box")  # what mixes an image with its partner's
+    HOST = ("ops", "negate")  # read on the host (RandAugment's grouping, DALI's argument inputs)
 
 
 def _key_seed(*key: int) -> int:
@@ -274,7 +285,9 @@ class _Ahead:
 
     def __init__(self, build, epoch: int):
         self.epoch, self._plan, self._error = epoch, None, None
-        self._thread = threading.Thread(target=self._run, args=(build,), name=f"harness-plan-epoch-{epoch}")
+        # daemon: a process that ends while a plan is being built does not wait for it
+        self._thread = threading.Thread(target=self._run, args=(build,), name=f"harness-plan-epoch-{epoch}",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, build) -> None:
@@ -320,16 +333,22 @@ def batch_labels(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class Loader:
     """Shared bookkeeping of every backend: plan per epoch, len, resumable position.
 
-    Backends implement `_batch(k) -> (images, targets)` for batch `k` of the current plan, or override
-    `_render(ks)` when they work ahead; they render uint8 images, hand them to `normalised` (or do the
-    same on their own device) and the result to `deliver`, which mixes and casts.
+    Backends implement `_batch(plan, k) -> (images, targets)` for batch `k` of the pass's plan, or override
+    `_render(plan, ks)` when they work ahead; they render uint8 images, hand them to `normalised` (or do the
+    same on their own device) and the result to `deliver`, which mixes and casts. A pass renders the plan
+    it started with: a `set_epoch` in the middle of it takes effect at the next pass.
     """
+
+    # the plan's fields a backend reads on the device (`device_plan`): this default is the torch
+    # backend's (all but the host-read RandAugment rows); DALI renders on its own and needs fewer
+    device_fields = tuple(f for f in EpochPlan.RENDER if f not in EpochPlan.HOST) + EpochPlan.MIX
 
     def __init__(self, num_samples: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1,
                  seed: int = 0, drop_last: bool = True, augment: Augment | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 channels_last: bool = True, num_classes: int = 10):
+                 channels_last: bool = True, num_classes: int = 10, epochs: int | None = None):
         self.n, self.batch_size, self.train, self.num_classes = num_samples, batch_size, train, num_classes
+        self.epochs = epochs  # training: the run's epoch count, where no plan is built ahead (None: endless)
         self.rank, self.world, self.seed, self.drop_last = rank, world, seed, drop_last
         off = Augment(enabled=False, padding=augment.padding if augment else 4)
         self.augment = augment if (augment and train) else off
@@ -365,7 +384,9 @@ class Loader:
     def __iter__(self):
         start, self.start_batch = self.start_batch, 0
         self._position = start
-        for k, batch in enumerate(self._render(range(start, len(self))), start):
+        plan = self.plan()  # the pass's plan, whatever set_epoch does during it
+        batches = math.ceil(len(plan.indices) / self.batch_size)
+        for k, batch in enumerate(self._render(plan, range(start, batches)), start):
             self._position = k + 1  # handed out: a checkpoint taken after this step resumes at k + 1
             yield batch
             if k == start:
@@ -400,11 +421,13 @@ class Loader:
 
     def _plan_ahead(self) -> None:
         """Start building the next epoch's training plan, once per epoch. `__iter__` calls it after the
-        pass's first batch, not at the boundary: starting a thread costs the loader's thread a few ms
-        (the GIL's 5 ms switch interval), which the GPU absorbs mid-epoch, with steps queued, and would
-        wait for at the boundary, where the loop has synchronised."""
+        pass's first batch, not at the boundary: started at the boundary the thread costs it 0.9 ms
+        (median, p90 5 ms: the GIL's 5 ms switch interval) against 0.07 ms (docs/data_pipeline.md), which
+        the GPU absorbs mid-epoch, with steps queued, and would wait for at the boundary, where the loop
+        has synchronised. None past the run's last epoch (`epochs`), when the loader knows it."""
         nxt = self._plan_epoch + 1
-        if self.train and (self._ahead is None or self._ahead.epoch != nxt):
+        last = self.epochs is not None and nxt >= self.epochs
+        if self.train and not last and (self._ahead is None or self._ahead.epoch != nxt):
             self._ahead = _Ahead(self._build_plan, nxt)
 
     def _build_plan(self, epoch: int) -> EpochPlan:
@@ -424,20 +447,18 @@ class Loader:
     def batch_slice(self, k: int) -> slice:
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
-    def device_plan(self) -> dict:
-        """The current plan's tensors on the device, copied once per epoch: {field: tensor} for the rank's
-        own positions, and under 'partner' the same for their mixing partners (when the epoch mixes). On a
-        GPU the plan is page-locked (`_build_plan`), so the copy is queued on the stream and the host goes
-        on at once."""
-        plan = self.plan()
+    def device_plan(self, plan: EpochPlan) -> dict:
+        """`plan`'s `device_fields` on the device, copied once per plan: {field: tensor} for the rank's own
+        positions, and under 'partner' the same for their mixing partners when this rank renders them (the
+        epoch mixes and `own_partners` is false). On a GPU the plan is page-locked (`_build_plan`), so the
+        copy is queued on the stream and the host goes on at once."""
         if self._dev_plan_key is not plan:
             def to_device(p: EpochPlan) -> dict:
-                return {f: getattr(p, f).to(self.device, non_blocking=True) for f in
-                        ("indices", "dy", "dx", "flip", "cy", "cx", "erase", "lam", "cut", "box")
+                return {f: getattr(p, f).to(self.device, non_blocking=True) for f in self.device_fields
                         if getattr(p, f) is not None}
 
             self._dev_plan = to_device(plan)
-            if plan.partner is not None:
+            if plan.partner is not None and not self.own_partners:
                 self._dev_plan["partner"] = to_device(plan.partner)
             self._dev_plan_key = plan
         return self._dev_plan
@@ -466,13 +487,13 @@ class Loader:
             x = x.masked_fill(hole[:, None], 0.0)
         return x
 
-    def deliver(self, x: torch.Tensor, labels: torch.Tensor, k: int,
+    def deliver(self, x: torch.Tensor, labels: torch.Tensor, plan: EpochPlan, k: int,
                 partner: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 NCHW batch k and its labels -> what the loader yields: mixed with the partners' images
-        and labels (`partner`; None when the rank's own, reversed) when the epoch mixes, soft targets
-        when mixing is configured, in the model's dtype and memory format."""
+        """float32 NCHW batch k of `plan` and its labels -> what the loader yields: mixed with the partners'
+        images and labels (`partner`; None when the rank's own, reversed) as the plan says when its epoch
+        mixes, soft targets when mixing is configured, in the model's dtype and memory format."""
         if self.augment.soft_targets:
-            rows = self.device_plan()
+            rows = self.device_plan(plan)
             if "lam" in rows:
                 s = self.batch_slice(k)
                 other, other_labels = partner if partner is not None else (x.flip(0), labels.flip(0))
@@ -488,11 +509,11 @@ class Loader:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(self.dtype).contiguous(memory_format=fmt)
 
-    def _batch(self, k: int):
+    def _batch(self, plan: EpochPlan, k: int):
         raise NotImplementedError
 
-    def _render(self, ks: range):
-        """Batches `ks` of the current plan, in order. A backend that works ahead (DALI's prefetch
-        queue) overrides this; the default renders one batch at a time."""
+    def _render(self, plan: EpochPlan, ks: range):
+        """Batches `ks` of `plan`, in order. A backend that works ahead (DALI's prefetch queue) overrides
+        this; the default renders one batch at a time."""
         for k in ks:
-            yield self._batch(k)
+            yield self._batch(plan, k)

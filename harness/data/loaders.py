@@ -22,7 +22,8 @@ __all__ = ["CIFAR_MEAN", "CIFAR_STD", "AUTO_BACKEND", "Augment", "EpochPlan", "L
 # measurement exists yet, so "cuda" is torch: the GPU-resident torch backend does one gather per batch on
 # the device and DALI's path does that gather and then its operators, so torch does no more work. A GPU
 # measurement that shows DALI faster changes the "cuda" entry (and docs/data_pipeline.md, which records
-# the figures). On a CPU, the 2-core figures in the docs vary tenfold between runs: no winner, torch.
+# the figures). On the 2-core CPU, training fed by either backend runs at the same fraction of the
+# synthetic-data speed (0.91-0.95 in three runs, docs/benchmarks/cpu/data/stability.md): no winner, torch.
 AUTO_BACKEND = {"cuda": "torch", "cpu": "torch"}
 
 
@@ -51,7 +52,8 @@ def build_loader(backend: str, images: np.ndarray | None, labels: np.ndarray | N
                  num_classes: int = 10, synthetic_size: int = 50000, prefetch: int = 2, **kw) -> Loader:
     """A loader of `backend` (already resolved: torch, dali or synthetic) over one split; `batch_size`
     is per process; `num_classes` sizes the soft targets (mixup/cutmix) and the synthetic labels. Keyword
-    arguments: see `Loader` (train, rank, world, seed, drop_last, augment, device, dtype, channels_last)."""
+    arguments: see `Loader` (train, rank, world, seed, drop_last, augment, device, dtype, channels_last,
+    epochs)."""
     if backend == "synthetic":
         from harness.data.synthetic import SyntheticLoader
 

@@ -148,9 +148,9 @@ def apply(x: torch.Tensor, ops: torch.Tensor, negate: torch.Tensor, policy: Poli
     for layer in range(ops.shape[1]):
         op = ops[:, layer]
         key = op * 2 + (negate[:, layer] & SIGNED[op]).long()  # the sign only splits the signed ops
-        order = torch.argsort(key, stable=True)
+        order = torch.argsort(key, stable=True).to(x.device, non_blocking=True)  # one copy per layer
         counts = torch.bincount(key, minlength=2 * len(OPS)).tolist()
-        grouped = x[order.to(x.device, non_blocking=True)]
+        grouped = x[order]
         out, start = [], 0
         for k, count in enumerate(counts):
             if count:
@@ -159,5 +159,5 @@ def apply(x: torch.Tensor, ops: torch.Tensor, negate: torch.Tensor, policy: Poli
                 start += count
         done = torch.cat(out)
         x = torch.empty_like(done)
-        x[order.to(x.device, non_blocking=True)] = done  # back to the batch's order
+        x[order] = done  # back to the batch's order
     return x

@@ -25,6 +25,6 @@ class SyntheticLoader(Loader):
         if self.augment.soft_targets:
             self.pool_labels = [mix.one_hot(y, self.num_classes) for y in self.pool_labels]
 
-    def _batch(self, k: int):
+    def _batch(self, plan, k: int):
         i = k % len(self.pool)
         return self.pool[i], self.pool_labels[i]

@@ -40,18 +40,18 @@ class TorchLoader(Loader):
             x = randaugment.apply(x, ops, negate, self.augment.policy)
         return self.normalised(x, rows)
 
-    def _batch(self, k: int):
+    def _batch(self, plan, k: int):
         s = self.batch_slice(k)
-        plan, rows = self.plan(), self.device_plan()
+        rows = self.device_plan(plan)
         own = {f: t[s] for f, t in rows.items() if f != "partner"}
         labels = batch_labels(self.labels, own["indices"])  # evaluation padding: label -1, never counted
         x = self._images(own, *_randaugment_rows(plan, s))
         partner = None
-        if "partner" in rows and not self.own_partners:
+        if "partner" in rows:  # this rank renders its partners (Loader.device_plan)
             theirs = {f: t[s] for f, t in rows["partner"].items()}
             partner = (self._images(theirs, *_randaugment_rows(plan.partner, s)),
                        batch_labels(self.labels, theirs["indices"]))
-        return self.deliver(x, labels, k, partner)
+        return self.deliver(x, labels, plan, k, partner)
 
 
 def _randaugment_rows(plan, s: slice) -> tuple:

@@ -2,8 +2,8 @@
 
 004 only names EfficientNet-B0 in its architecture table, so the layout is the paper's B0 table
 (as in torchvision): SiLU, SE of a quarter of each block's input width, 1280-wide head, dropout
-0.2, stochastic depth 0.2 by default (model.drop_path sets it; rates as in mobilenet.py's
-`MBConvNet`). For CIFAR the stem and the 24-channel stage keep stride 1 (32->4 overall instead of
+0.2, stochastic depth 0.2 by default (model.drop_path sets it; per-block rates by torchvision's
+rule, mobilenet.py's `MBConvNet`). For CIFAR the stem and the 24-channel stage keep stride 1 (32->4 overall instead of
 224->7).
 """
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .layers import Act, ConvBnAct, DepthwiseSeparableConv, MBConv, depth_rates, kaiming_init_
+from .layers import Act, ConvBnAct, DepthwiseSeparableConv, MBConv, kaiming_init_
 from .registry import register_model
 
 # (expansion, out_channels, num_blocks, first_stride, kernel_size) per stage
@@ -45,8 +45,10 @@ class MobileNetV1(nn.Module):
 class MBConvNet(nn.Module):
     """Stem conv, MBConv stages from `stages`, 1x1 conv to `head_channels`, global pool,
     dropout, linear. `block` builds one MBConv (in, out, expansion, stride, kernel_size=,
-    drop_path=); stochastic depth grows linearly over the blocks with a residual (the others cannot
-    drop their branch) from 0 to `drop_path` at the last of them (`layers.depth_rates`)."""
+    drop_path=); stochastic depth grows linearly over the blocks as in torchvision's EfficientNet:
+    `drop_path * i / n` at block i of n, counting the blocks without a residual (which cannot drop their
+    branch), so the last block's rate is `drop_path * (n - 1) / n`, not `drop_path` (the ResNets' and
+    ConvNeXt's `layers.depth_rates` reach it)."""
 
     def __init__(
         self,
@@ -70,11 +72,11 @@ class MBConvNet(nn.Module):
             for i in range(num_blocks):
                 specs.append((channels, out_channels, expansion, stride if i == 0 else 1, kernel_size))
                 channels = out_channels
-        residual = [s == 1 and c_in == c_out for c_in, c_out, _, s, _ in specs]
-        rates = iter(depth_rates(drop_path, sum(residual)))
+        # torchvision's EfficientNet rule: block i of n gets drop_path * i / n, every block counted (a
+        # block without a residual ignores its rate); the default efficientnet_b0 keeps its forward
         self.blocks = nn.Sequential(*(
-            block(c_in, c_out, expansion, s, kernel_size=k, drop_path=next(rates) if res else 0.0)
-            for (c_in, c_out, expansion, s, k), res in zip(specs, residual)))
+            block(c_in, c_out, expansion, s, kernel_size=k, drop_path=drop_path * i / len(specs))
+            for i, (c_in, c_out, expansion, s, k) in enumerate(specs)))
         self.head = ConvBnAct(channels, head_channels, 1, act=act)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
