@@ -274,7 +274,8 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
     per_rank_batch = cfg.train.batch_size // world
     train_loader = build_loader(backend, train.images, train.labels, per_rank_batch, train=True,
                                 drop_last=cfg.data.drop_last, augment=augment, num_classes=num_classes,
-                                synthetic_size=cfg.data.synthetic_size, prefetch=cfg.data.prefetch, **common)
+                                synthetic_size=cfg.data.synthetic_size, prefetch=cfg.data.prefetch,
+                                epochs=cfg.train.epochs, **common)  # no plan is built past the last epoch
     eval_backend = "torch" if backend == "synthetic" else backend
     eval_batch = max(1, cfg.train.eval_batch_size // world)
     eval_loaders = {name: build_loader(eval_backend, s.images, s.labels, eval_batch, train=False, **common)
@@ -287,7 +288,7 @@ def build_data(cfg: C.Config, accelerator) -> RunData:
 
 def build_model(cfg: C.Config, num_classes: int, device, world: int) -> torch.nn.Module:
     """The raw model on its device: the same initial weights on every rank (seeded alike; DDP broadcasts
-    them too), then a per-rank RNG so that dropout/DropPath masks differ between ranks."""
+    them too), then a per-rank RNG so that dropout and stochastic-depth masks differ between ranks."""
     from accelerate.utils import set_seed
 
     from harness.models import create_model
