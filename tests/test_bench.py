@@ -108,7 +108,7 @@ def test_ladder_runs_cpu_rungs_and_skips_dali(bench_out):
         assert r["error"] == "" and float(r["images_per_s"]) > 0, (name, r["error"])
         assert float(r["speedup_total"]) == pytest.approx(float(r["images_per_s"]) / float(base["images_per_s"]))
     assert float(base["speedup_step"]) == 1.0
-    dali = ladder["DALI-rendered batches (host gather)"]
+    dali = ladder["DALI-rendered batches (device gather + DALI ops)"]
     assert "no GPU" in dali["skip_reason"] and dali["images_per_s"] == "" and dali["data"] == "dali"
 
 
