@@ -74,6 +74,17 @@ def test_an_interval_from_fewer_than_3_runs_is_refused():
     assert sanity.interval(summarize([0.5, 0.6])) is None  # summarize gives none below 3
 
 
+def test_an_accuracy_interval_clipped_to_0_1_is_flagged_with_its_reason():
+    """summarize(bounds=ACCURACY) prints the interval clipped to [0, 1]; the check still sees the raw ends."""
+    from harness.stats import ACCURACY
+
+    s = summarize([0.1, 0.5, 0.9], bounds=ACCURACY)  # mean 0.5, half-width 0.99
+    assert (s["ci95_low"], s["ci95_high"]) == (0.0, 1.0)
+    flag = sanity.interval(s, ACCURACY)
+    assert flag.kind == "impossible" and "interval -0.4937–1.494 leaves its bounds (printed clipped to 0–1)" in str(flag)
+    assert sanity.interval(summarize([0.5, 0.6, 0.55], bounds=ACCURACY), ACCURACY) is None
+
+
 def test_a_spread_wider_than_half_the_median_is_unstable():
     """The data suite's three repeats of one row were [14.96, 6.15, 0.96] s."""
     flag = sanity.unstable(summarize([14.96, 6.15, 0.96]), " s")
