@@ -78,22 +78,22 @@ def inefficient(value: float | None, step_ms: tuple[float | None, float | None] 
     return Flag("inefficient", reason)
 
 
-def real_vs_synthetic(real: dict, synthetic: dict) -> Flag | None:
-    """`real`, `synthetic`: summaries of images/s. Flagged impossible when the real rate's whole spread lies
-    above the synthetic rate's; with one value on a side and the real rate above, too few to judge."""
-    if not real.get("n") or not synthetic.get("n"):
+def real_vs_synthetic(ratio: dict) -> Flag | None:
+    """`ratio`: the summary of the round-by-round ratios real-data images/s / synthetic images/s (rows timed
+    in the same alternating rounds). Flagged impossible when the ratios' whole spread lies above 1; with
+    one round and the ratio above 1, too few to judge."""
+    if not ratio.get("n") or ratio["median"] is None:
         return None
-    real_lo, _, _ = spread(real)
-    _, synthetic_hi, name = spread(synthetic)
-    if real["median"] <= synthetic["median"]:
+    low, high, name = spread(ratio)
+    if ratio["n"] < 2:  # no spread to tell a real inversion from noise
+        if ratio["median"] <= 1:
+            return None
+        return Flag("too few", f"real data {ratio['median']:.2f}x synthetic from a single round (n=1): no spread "
+                               f"to judge it by")
+    if low <= 1:
         return None
-    if real["n"] < 2 or synthetic["n"] < 2:  # no spread to tell a real inversion from noise
-        return Flag("too few", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
-                               f"from single measurements: no spread to judge it by")
-    if real_lo <= synthetic_hi:
-        return None
-    return Flag("impossible", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
-                              f"beyond the spread ({name} {_g(real_lo)} > {_g(synthetic_hi)})")
+    return Flag("impossible", f"real data {ratio['median']:.2f}x synthetic, beyond the spread of the round-by-round "
+                              f"ratios (n={ratio['n']}, {name} {low:.2f}–{high:.2f} > 1)")
 
 
 def mfu(value: float | None, peak_source: str | None) -> Flag | None:

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 from harness import sanity, tables
-from harness.bench.data_suite import ratio_text
 from harness.bench.outputs import error_bars, hatch_flagged, rate, speedup
 from harness.campaign.steps import STEPS
 from harness.stats import ACCURACY, format_mean_std, format_median, summarize
@@ -243,7 +242,7 @@ def data_section(rows: list[dict]) -> list[str]:
     return [tables.markdown_table(
         ["model", "backend", "batch", "images/s (n, spread)", "ms/step", "vs synthetic (min–max of rounds)", "flags"],
         [[r.get("model"), r.get("backend"), r.get("batch_size", "-"), rate(r), _f(r.get("step_ms"), ".2f"),
-          ratio_text(r), sanity.text(r.get("flags")) or "-"] for r in rows], align="llrrrrl")]
+          speedup(r, "vs_synthetic"), sanity.text(r.get("flags")) or "-"] for r in rows], align="llrrrrl")]
 
 
 def tta_section(out: Path) -> list[str]:
