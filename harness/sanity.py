@@ -11,10 +11,13 @@ The checks and their thresholds:
   * efficiency: weak-scaling efficiency above 105% (N processes each faster than one alone: a
     measurement that did not compare like with like, e.g. different threads per process);
   * real_vs_synthetic: training fed by real data faster than fed by synthetic batches already on the
-    device (the same step minus the data work), beyond the measured spread: the ranges do not overlap;
+    device (the same step minus the data work), beyond the spread of the round-by-round ratios (the
+    backends alternate, so each round's ratio pairs like with like; two rates' spreads compared unpaired
+    let a drift hide an inversion every round shows);
   * mfu: MFU above 100% of the GPU's datasheet peak (against a measured matmul peak, where the device is
     not listed, more than 100% only says the matmul is no ceiling for convolutions: not flagged);
-  * interval: a confidence interval from fewer than 3 values, or one outside its quantity's bounds;
+  * interval: a confidence interval from fewer than 3 values, or one outside its quantity's bounds (also
+    when harness.stats.summarize clipped it to them: what is printed is clipped, the flag says so);
   * unstable: a spread wider than half its median (the median is then no figure to quote);
   * unlike: compared rows that differ in a setting that should be equal (threads per process, launcher);
   * single: a comparison (a scaling efficiency) in which a side is one measurement: its noise is
@@ -42,7 +45,7 @@ FLAGGED = {"color": "0.85", "hatch": "///", "edgecolor": "0.4"}
 
 @dataclass(frozen=True)
 class Flag:
-    kind: str  # impossible | unstable | too few | unlike
+    kind: str  # impossible | unstable | too few | unlike | inefficient
     reason: str
 
     def __str__(self) -> str:
@@ -75,22 +78,22 @@ def inefficient(value: float | None, step_ms: tuple[float | None, float | None] 
     return Flag("inefficient", reason)
 
 
-def real_vs_synthetic(real: dict, synthetic: dict) -> Flag | None:
-    """`real`, `synthetic`: summaries of images/s. Flagged impossible when the real rate's whole spread lies
-    above the synthetic rate's; with one value on a side and the real rate above, too few to judge."""
-    if not real.get("n") or not synthetic.get("n"):
+def real_vs_synthetic(ratio: dict) -> Flag | None:
+    """`ratio`: the summary of the round-by-round ratios real-data images/s / synthetic images/s (rows timed
+    in the same alternating rounds). Flagged impossible when the ratios' whole spread lies above 1; with
+    one round and the ratio above 1, too few to judge."""
+    if not ratio.get("n") or ratio["median"] is None:
         return None
-    real_lo, _, _ = spread(real)
-    _, synthetic_hi, name = spread(synthetic)
-    if real["median"] <= synthetic["median"]:
+    low, high, name = spread(ratio)
+    if ratio["n"] < 2:  # no spread to tell a real inversion from noise
+        if ratio["median"] <= 1:
+            return None
+        return Flag("too few", f"real data {ratio['median']:.2f}x synthetic from a single round (n=1): no spread "
+                               f"to judge it by")
+    if low <= 1:
         return None
-    if real["n"] < 2 or synthetic["n"] < 2:  # no spread to tell a real inversion from noise
-        return Flag("too few", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
-                               f"from single measurements: no spread to judge it by")
-    if real_lo <= synthetic_hi:
-        return None
-    return Flag("impossible", f"real data {_g(real['median'])} images/s > synthetic {_g(synthetic['median'])} "
-                              f"beyond the spread ({name} {_g(real_lo)} > {_g(synthetic_hi)})")
+    return Flag("impossible", f"real data {ratio['median']:.2f}x synthetic, beyond the spread of the round-by-round "
+                              f"ratios (n={ratio['n']}, {name} {low:.2f}–{high:.2f} > 1)")
 
 
 def mfu(value: float | None, peak_source: str | None) -> Flag | None:
@@ -100,12 +103,17 @@ def mfu(value: float | None, peak_source: str | None) -> Flag | None:
 
 
 def interval(s: dict, bounds: tuple[float, float] | None = None) -> Flag | None:
-    """A summary whose interval should not exist (n < 3) or lies outside `bounds`."""
+    """A summary whose interval should not exist (n < 3), lies outside `bounds`, or was clipped to its
+    bounds by harness.stats.summarize (`ci95_unclipped`: the printed interval is the clipped one)."""
     low, high = s.get("ci95_low"), s.get("ci95_high")
     if low is None or high is None:
         return None
     if s.get("n", 0) < MIN_INTERVAL_N:
         return Flag("too few", f"n = {s.get('n', 0)}: too few runs for an interval")
+    if s.get("ci95_unclipped"):
+        a, b = s["ci95_unclipped"]
+        return Flag("impossible", f"interval {a:.4g}–{b:.4g} leaves its bounds (printed clipped to {low:.4g}–"
+                                  f"{high:.4g}): too few runs or too wide a spread for a t interval")
     if bounds and (low < bounds[0] or high > bounds[1]):
         return Flag("impossible", f"interval {low:.4g}–{high:.4g} outside [{bounds[0]:g}, {bounds[1]:g}]")
     return None

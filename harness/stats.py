@@ -12,7 +12,9 @@ over n = 25 runs") need the interval, not one lucky seed, and a timed figure nee
     is how the campaign once printed an accuracy interval of -19.62–39.94% (`format_mean_std` prints
     "n = 2: too few runs for an interval" instead).
   * Bounds: a quantity with a known range (an accuracy is in [0, 1]: `ACCURACY`) has its interval clipped
-    to it; a fraction shown as a percentage (scale 100, unit "%") is clipped to [0, 100] when written.
+    to it, and the unclipped ends kept (`ci95_unclipped`), so harness.sanity.interval flags the clipped
+    interval with its reason; a fraction shown as a percentage (scale 100, unit "%") is clipped to [0, 100]
+    when written.
 
 No SciPy: the two-sided 95% quantiles for 1..30 degrees of freedom are the standard table values; above
 30 a Cornish-Fisher expansion around the normal quantile is within 1e-4 of the exact value.
@@ -61,39 +63,57 @@ def _clip(x, bounds):
 def summarize(values, bounds: tuple[float, float] | None = None) -> dict:
     """n, mean, std (sample), median, min, max, p10, p90 and the 95% interval of the mean of `values`
     (None and NaN skipped). The interval is None below MIN_INTERVAL_N values, and clipped to `bounds`
-    (e.g. ACCURACY) when given. One value: std is None too (one run says nothing about the spread)."""
+    (e.g. ACCURACY) when given; `ci95_unclipped` then holds the ends before clipping (None when nothing
+    was clipped), for harness.sanity.interval. One value: std is None too (one run says nothing about the
+    spread)."""
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     n = len(xs)
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None, "p10": None,
-                "p90": None, "ci95_low": None, "ci95_high": None}
+                "p90": None, "ci95_low": None, "ci95_high": None, "ci95_unclipped": None}
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if n > 1 else None
     half = t975(n - 1) * std / math.sqrt(n) if n >= MIN_INTERVAL_N else None
+    raw = (mean - half, mean + half) if half is not None else (None, None)
+    low, high = _clip(raw[0], bounds), _clip(raw[1], bounds)
     return {"n": n, "mean": mean, "std": std, "median": statistics.median(xs), "min": min(xs), "max": max(xs),
-            "p10": percentile(xs, 10), "p90": percentile(xs, 90),
-            "ci95_low": _clip(mean - half, bounds) if half is not None else None,
-            "ci95_high": _clip(mean + half, bounds) if half is not None else None}
+            "p10": percentile(xs, 10), "p90": percentile(xs, 90), "ci95_low": low, "ci95_high": high,
+            "ci95_unclipped": list(raw) if (low, high) != raw else None}
+
+
+def spread_name(n: int) -> str:
+    """The name of the spread of `n` values: min–max below PERCENTILE_N, p10–p90 from it on."""
+    return "p10–p90" if n >= PERCENTILE_N else "min–max"
 
 
 def spread(s: dict) -> tuple[float | None, float | None, str]:
     """(low, high, its name) of a `summarize` dict: min–max for n < 10, p10–p90 from 10 values on."""
     if not s.get("n"):
         return None, None, ""
-    if s["n"] >= PERCENTILE_N and s.get("p10") is not None:
+    if spread_name(s["n"]) == "p10–p90" and s.get("p10") is not None:
         return s["p10"], s["p90"], "p10–p90"
     return s["min"], s["max"], "min–max"
+
+
+def format_figure(median: float | None, n: int | None, low: float | None = None, high: float | None = None,
+                  fmt: str = ",.0f", unit: str = "", scale: float = 1.0) -> str:
+    """'1,234 (n=5, min–max 1,100–1,300)': a median with n and its spread (named by `spread_name(n)`);
+    'x (n=1)' for one value, '-' for none. The one way every tool writes a timed figure, from a summary
+    (`format_median`) or from a row's columns (harness.bench.outputs.figure)."""
+    if median is None or not n:
+        return "-"
+    f = lambda v: format(v * scale, fmt)  # noqa: E731
+    if n == 1 or low is None or high is None:
+        return f"{f(median)}{unit} (n={n})"
+    return f"{f(median)}{unit} (n={n}, {spread_name(n)} {f(low)}–{f(high)})"
 
 
 def format_median(s: dict, fmt: str = ",.0f", unit: str = "", scale: float = 1.0) -> str:
     """'1,234 (n=5, min–max 1,100–1,300)': the median with n and the spread; 'x (n=1)' for one value."""
     if not s.get("n"):
         return "-"
-    f = lambda v: format(v * scale, fmt)  # noqa: E731
-    if s["n"] == 1:
-        return f"{f(s['median'])}{unit} (n=1)"
-    lo, hi, name = spread(s)
-    return f"{f(s['median'])}{unit} (n={s['n']}, {name} {f(lo)}–{f(hi)})"
+    lo, hi, _ = spread(s)
+    return format_figure(s["median"], s["n"], lo, hi, fmt, unit, scale)
 
 
 def format_mean_std(s: dict, scale: float = 1.0, digits: int = 2, unit: str = "",
@@ -110,10 +130,10 @@ def format_mean_std(s: dict, scale: float = 1.0, digits: int = 2, unit: str = ""
     if s.get("std") is None:
         return f"{f(s['mean'])}{unit} (n=1)"
     lo, hi, name = spread(s)
-    text = f"{f(s['mean'])} ± {f(s['std'])}{unit} (n={s['n']}, {name} {f(lo)}–{f(hi)}"
     if s["n"] < MIN_INTERVAL_N or s.get("ci95_low") is None:
         return f"{f(s['mean'])} ± {f(s['std'])}{unit} (n = {s['n']}: too few runs for an interval, {name} " \
                f"{f(lo)}–{f(hi)})"
+    text = f"{f(s['mean'])} ± {f(s['std'])}{unit} (n={s['n']}, {name} {f(lo)}–{f(hi)}"
     return f"{text}, 95% CI {f(_clip(s['ci95_low'], bounds))}–{f(_clip(s['ci95_high'], bounds))})"
 
 

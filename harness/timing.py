@@ -1,9 +1,10 @@
 """Timing of repeated device work, shared by the benchmarks: warm-up outside the clock, CUDA events on a
-GPU (one sync per run, per-step times from events recorded between steps), perf_counter on a CPU."""
+GPU (one sync per run, per-step times from events recorded between steps), perf_counter on a CPU; and the
+alternating rounds every suite times its compared rows in (`alternate`)."""
 from __future__ import annotations
 
-import statistics
 import time
+from typing import Callable, Hashable
 
 import torch
 
@@ -40,7 +41,21 @@ def time_steps(step, steps: int, warmup: int, repeats: int, device: torch.device
     return runs, per_step, warmup_s
 
 
-def percentile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+def round_order(items: list, r: int) -> list:
+    """The order of round `r`: as given in even rounds, reversed in odd ones, so a drift in the machine's
+    load hits every compared row alike."""
+    return list(items) if r % 2 == 0 else list(reversed(items))
+
+
+def alternate(blocks: dict[Hashable, Callable[[], object]], repeats: int,
+              after_round: Callable[[int], None] | None = None) -> dict[Hashable, list]:
+    """`repeats` rounds of one call of each of `blocks` (name -> a function that times one block of one
+    compared row), in `round_order`; name -> each round's result. The one rotation of every suite (the
+    zoo's groups, the data suite's backends, the ddp suite's plain and DDP steps)."""
+    results: dict[Hashable, list] = {name: [] for name in blocks}
+    for r in range(repeats):
+        for name in round_order(list(blocks), r):
+            results[name].append(blocks[name]())
+        if after_round:
+            after_round(r)
+    return results

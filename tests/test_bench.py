@@ -108,7 +108,10 @@ def test_ladder_runs_cpu_rungs_and_skips_dali(bench_out):
         assert r["error"] == "" and float(r["images_per_s"]) > 0, (name, r["error"])
         assert float(r["speedup_total"]) == pytest.approx(float(r["images_per_s"]) / float(base["images_per_s"]))
     assert float(base["speedup_step"]) == 1.0
-    dali = ladder["DALI-rendered batches (host gather)"]
+    bf16 = ladder["+bf16"]  # every speed-up written with n and its spread, the step's as the total's
+    assert bf16["speedup_step_n"] == "1" and bf16["speedup_step_low"] == bf16["speedup_step_high"] != ""
+    assert bf16["flags"].count("too few: speed-up from a single measurement") == 1
+    dali = ladder["DALI-rendered batches (device gather + DALI ops)"]
     assert "no GPU" in dali["skip_reason"] and dali["images_per_s"] == "" and dali["data"] == "dali"
 
 
@@ -142,6 +145,110 @@ def test_oom_halves_the_batch_and_records_it(monkeypatch):
     assert row["mfu"] == pytest.approx(row["images_per_s"] * 3 * model_facts("lenet5")["gflops"] / 1e3 / 10.0)
     assert row["peak_source"] == "table" and row["achievable_tflops"] == 20.0
     assert row["mfu_achievable"] == pytest.approx(row["mfu"] / 2)  # the measured ceiling: half the datasheet
+
+
+def _ctx(cfg, peaks=("fp32", "bf16")):
+    return M.Context(cfg, None, torch.device("cpu"), 0, 1, {p: (1.0, "measured", 1.0) for p in peaks}, "cpu")
+
+
+def test_an_out_of_memory_in_warm_up_halves_the_batch(monkeypatch):
+    """The first steps fit, warm-up runs out of memory above 2 images: the row retries at half the batch
+    (warm-up is inside the retry loop), never 'out of memory even at batch size 1'."""
+    calls, closed = [], []
+
+    def fake_build(spec, batch_size, ctx):
+        calls.append(batch_size)
+
+        def step():
+            if batch_size > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated, in warm-up)")
+        return M.Variant(spec, batch_size, step=step, close=lambda: closed.append(batch_size))
+
+    monkeypatch.setattr(M, "build", fake_build)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=2), "cpu")
+    [row] = M.measure_group([Spec("lenet5", 8, "bf16", True, False, "synthetic", "train")], _ctx(cfg))
+    assert calls == [8, 4, 2] and closed == [8, 4, 2]  # each failed attempt closed, then the kept one at the end
+    assert not row.get("error") and row["batch_size"] == 2 and row["oom_retry_from"] == 8
+
+
+def test_each_block_starts_after_its_sources_queue_is_drained(monkeypatch):
+    """A row whose source renders 3 batches ahead runs 3 steps untimed before each of its timed blocks:
+    its queue filled while the other row ran, and the block must not start with free batches."""
+    from harness.bench.sources import queue_depth
+
+    assert (queue_depth("loader", 2, 5), queue_depth("dali", 2, 5), queue_depth("torch", 2, 5),
+            queue_depth("synthetic", 2, 5), queue_depth("loader", 0, 5)) == (4, 5, 0, 0, 0)
+    order = []
+
+    def fake_build(spec, batch_size, ctx):
+        return M.Variant(spec, batch_size, step=lambda: order.append(spec.data), close=lambda: None,
+                         queue=3 if spec.data == "loader" else 0)
+
+    monkeypatch.setattr(M, "build", fake_build)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=2), "cpu")
+    group = [Spec("lenet5", 8, "fp32", False, False, d, "train", rung=d) for d in ("loader", "torch")]
+    rows = M.measure_group(group, _ctx(cfg))
+    assert "".join(x[0] for x in order[2:]) == "lllll" "tt" "tt" "lllll"  # round 1: loader, torch; round 2 reversed
+    assert [r["images_per_s_n"] for r in rows] == [2, 2]
+
+
+def test_a_rows_peak_memory_is_its_own_though_its_group_is_in_memory(monkeypatch):
+    """Two rows of one group live together: each holds 100 MB and its steps reach 10 MB more. Each row's
+    peak is its own 110 MB, not the device's 210 MB."""
+    from harness import provenance
+
+    device = {"allocated": 0.0}
+
+    def fake_build(spec, batch_size, ctx):
+        device["allocated"] += 100.0
+        return M.Variant(spec, batch_size, step=lambda: None, close=lambda: None)
+
+    monkeypatch.setattr(M, "build", fake_build)
+    monkeypatch.setattr(M, "allocated_mb", lambda d: device["allocated"])
+    monkeypatch.setattr(provenance, "peak_memory_mb", lambda d: device["allocated"] + 10.0)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=2), "cpu")
+    group = [Spec("lenet5", 8, p, False, False, "synthetic", "train") for p in ("fp32", "bf16")]
+    assert [r["peak_mem_mb"] for r in M.measure_group(group, _ctx(cfg))] == [110.0, 110.0]
+
+
+def test_compared_rows_that_end_at_different_batch_sizes_are_flagged_unlike(monkeypatch):
+    """bf16 fits 8 images, fp32 runs out of memory above 4: the precisions no longer compare like with like."""
+    def fake_build(spec, batch_size, ctx):
+        if spec.precision == "fp32" and batch_size > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return M.Variant(spec, batch_size, step=lambda: None, close=lambda: None)
+
+    monkeypatch.setattr(M, "build", fake_build)
+    cfg = specs.resolve_defaults(BenchConfig(steps=2, warmup=1, repeats=2), "cpu")
+    alone = [Spec("simple_cnn", 8, "bf16", False, False, "synthetic", "train")]  # another comparison: no flag
+    group = [Spec("lenet5", 8, p, False, False, "synthetic", "train") for p in ("fp32", "bf16")]
+    fp32, bf16, other = M.measure_group(group + alone, _ctx(cfg))
+    assert (fp32["batch_size"], bf16["batch_size"]) == (4, 8)
+    for r in (fp32, bf16):
+        assert "unlike: batch size differs: 4 (fp32), 8 (bf16)" in r["flags"]
+    assert not any(f.startswith("unlike") for f in other["flags"])
+
+
+def test_a_ladder_speed_up_is_flagged_once_however_often_it_is_derived():
+    """The zoo derives speed-ups after every group: three passes over one-round rungs flag each rung once."""
+    rows = [{"model": "m", "rung": r, "images_per_s": v, "rounds_images_per_s": [v], "flags": []}
+            for r, v in (("baseline", 100.0), ("+bf16", 180.0), ("+compile", 250.0))]
+    for _ in range(3):
+        M.add_speedups(rows)
+    assert [len(r["flags"]) for r in rows] == [0, 1, 1]
+    assert rows[2]["speedup_step_n"] == 1 and rows[2]["speedup_step"] == pytest.approx(250 / 180)
+
+
+def test_speed_ups_and_ratios_are_written_with_n_and_the_spread_named_by_n():
+    ten = {"speedup_step": 1.5, "speedup_step_n": 10, "speedup_step_low": 1.4, "speedup_step_high": 1.6}
+    assert outputs.speedup(ten, "speedup_step") == "1.50 (n=10, p10–p90 1.40–1.60)"
+    three = {"vs_synthetic": "0.90", "vs_synthetic_n": "3", "vs_synthetic_low": "0.80", "vs_synthetic_high": "0.90"}
+    assert outputs.speedup(three, "vs_synthetic") == "0.90 (n=3, min–max 0.80–0.90)"  # CSV text alike
+    one = {"speedup_total": 1.8, "speedup_total_n": 1, "speedup_total_low": 1.8, "speedup_total_high": 1.8}
+    assert outputs.speedup(one, "speedup_total") == "1.80 (n=1)"
+    for c in ("speedup_step_n", "speedup_step_low", "speedup_step_high", "latency_ms_p50_n",
+              "scaling_efficiency_n", "scaling_efficiency_low"):
+        assert c in outputs.COLUMNS, c
 
 
 def test_compared_rows_alternate_round_by_round(monkeypatch):
@@ -270,10 +377,14 @@ def test_scaling_efficiency_against_one_process(tmp_path):
     outputs.write_csv(tmp_path / "bench.csv", [one])
     two = {**one, "images_per_s": 1800.0, "per_device_images_per_s": 900.0, "world_size": 2}
     other = {**two, "model": "simple_cnn"}
-    note = M.add_scaling([two, other], tmp_path / "bench.csv")
+    two["rounds_images_per_s"] = [1700.0, 1800.0, 1900.0]
+    note, added = M.add_scaling([two, other], tmp_path / "bench.csv")
     assert two["scaling_efficiency"] == pytest.approx(0.9) and "scaling_efficiency" not in other
-    assert "1 of 2 rows" in note
-    assert "unavailable" in M.add_scaling([other], tmp_path / "missing.csv")
+    assert (two["scaling_efficiency_n"], two["scaling_efficiency_low"], two["scaling_efficiency_high"]) == \
+        pytest.approx((3, 0.85, 0.95))  # each round's per-device rate over the 1-process median
+    assert "scaling 90% (n=3, min–max 85–95)" in outputs.note(two)
+    assert "1 of 2 rows" in note and added == [(two, two["flags"])]  # the flags it added, to print
+    assert "unavailable" in M.add_scaling([other], tmp_path / "missing.csv")[0]
 
 
 def test_time_steps_counts_every_step():
@@ -292,8 +403,9 @@ def test_latency_adds_batch_1_figures_to_the_infer_rows(tmp_path):
     infer = next(r for r in rows if r["mode"] == "infer")
     train = next(r for r in rows if r["mode"] == "train")
     assert 0 < infer["latency_ms_p50"] <= infer["latency_ms_p90"]
+    assert infer["latency_ms_p50_n"] == 2 and infer["latency_ms_p50_low"] <= infer["latency_ms_p50"]  # 2 steps x 1
     assert "latency_ms_p50" not in train  # next to throughput once per model: on its inference row
-    assert "latency b1 ms p50 / p90" in (out / "report.md").read_text()
+    assert "latency b1 ms p50 (n, spread) / p90" in (out / "report.md").read_text() and "(n=2, min–max" in (out / "report.md").read_text()
 
 
 def test_two_ranks_agree_to_halve_the_batch_when_one_runs_out_of_memory(tmp_path):
@@ -310,6 +422,21 @@ def test_two_ranks_agree_to_halve_the_batch_when_one_runs_out_of_memory(tmp_path
     assert not row.get("error") and not row.get("skip_reason")
     assert row["batch_size"] == 4 and row["oom_retry_from"] == 8 and row["world_size"] == 2
     assert row["images_per_s"] > 0 and row["per_device_images_per_s"] == pytest.approx(row["images_per_s"] / 2)
+
+
+def test_two_ranks_both_record_one_ranks_block_error_and_finish(tmp_path):
+    """Rank 1 alone fails at the end of its first timed block of the row (the test hook, after the block's
+    steps and their all-reduces): both ranks must record the error and skip the row's later blocks
+    together, so no barrier or all-reduce pairs with another one."""
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "launch/accelerate/cpu_ddp.yaml"), "--num_processes", "2", "-m", "harness.bench"]
+    proc = run_harness(["model.name=lenet5", "batch_sizes=4", "mode=train", "compile=false", "run.wandb=false",
+                        f"out={out}", "steps=2", "warmup=1", "repeats=3", "run.progress=false"],
+                       launcher=launch, env={M.INJECT_ERROR_ENV: "1"}, timeout=240, check=False)
+    assert proc.returncode != 0 and "1 of 1 rows failed" in proc.stderr, proc.stderr[-2000:]
+    [row] = json.loads((out / "bench-world2.json").read_text())["rows"]
+    assert row["error"] == "PeerFailed: another rank failed on this row (see its error)"
 
 
 def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
@@ -333,10 +460,12 @@ def test_data_suite_reports_each_backend_against_synthetic(tmp_path):
     synthetic = next(r for r in result["training"] if r["backend"] == "synthetic")
     rounds = [a / b for a, b in zip(torch_row["rounds_images_per_s"], synthetic["rounds_images_per_s"])]
     assert torch_row["vs_synthetic"] == pytest.approx(sum(rounds) / 2)  # the median of two rounds' ratios
+    assert torch_row["vs_synthetic_n"] == 2 and torch_row["step_ms_n"] == 2  # every figure with n and spread
+    assert torch_row["step_ms_low"] <= torch_row["step_ms"] <= torch_row["step_ms_high"]
     assert torch_row["compile"] is False  # compile=auto on a CPU: eager, as training runs it
     md = (tmp_path / "data_bench.md").read_text()
     assert md.startswith("# Data-pipeline benchmark") and "vs synthetic" in md and md in proc.stdout
-    assert "(n=2, min–max" in md
+    assert "(n=2, min–max" in md and "vs synthetic (median of the rounds' ratios, n, spread)" in md
     assert "data bench 1/" in proc.stderr  # progress, as plain lines when not on a terminal
 
 
@@ -427,7 +556,8 @@ def test_ddp_suite_measures_both(tmp_path):
     result = json.loads((tmp_path / "ddp_overhead.json").read_text())
     assert result == json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "gloo" and result["steps_each"] == 2 and result["model"] == "lenet5"
-    assert result["plain_step_ms"] > 0 and result["ddp_step_ms"] > 0
+    assert result["plain_round_ms"]["median"] > 0 and result["ddp_round_ms"]["median"] > 0
+    assert "plain_step_ms" not in result and "overhead_ms" not in result  # figures without n or spread
     assert result["threads"] == 1 and result["launcher"] == "python" and result["overhead_pct_n"] == 1
     assert "(n=1)" in proc.stdout  # every figure printed with its n
 
@@ -473,5 +603,12 @@ def test_stability_compares_each_row_across_runs_against_every_runs_spread(tmp_p
          "vs_synthetic_high": 1.0}]}))
     rows = stability.compare([stability.read_rows(data)] * 2)
     assert [(r["figure"], r["reproduced"]) for r in rows] == [("images/s", True), ("x synthetic", True)]
+    # each run's own flags travel with the row; runs with other threads or another launcher are not alike
+    row = json.loads((data / "data_bench.json").read_text())["training"][0]
+    flagged = [{**row, "threads": 1, "launcher": "python", "flags": ["unstable: spread 2.0x"]},
+               {**row, "threads": 2, "launcher": "python", "flags": []}]
+    [images, ratio] = stability.compare([[{**flagged[0], "suite": "d"}], [{**flagged[1], "suite": "d"}]])
+    assert images["flags"] == ["run 1: unstable: spread 2.0x", "unlike: threads differs: 1 (run 1), 2 (run 2)"]
+    assert "unlike: threads differs" in stability.to_markdown([images, ratio], ["a", "b"])
     with pytest.raises(UserError, match="at least two"):
         stability.main([dirs[0]])

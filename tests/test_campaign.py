@@ -403,7 +403,7 @@ def test_the_report_reads_what_a_cut_step_left(tmp_path):
              _step("tta-speed94", status="cut at its cap after 206 s; kept what it wrote", measured_in_call=2,
                    data="CIFAR-10 from data")]
     md = to_markdown(tmp_path, _campaign([{"status": "stopped by signal 15"}, {"status": "done"}], steps))
-    assert "| resnet18 | +bf16 | 9,000 | 1.80x | 1.80x |" in md
+    assert "| resnet18 | +bf16 | 9,000 | 1.80 | 1.80 |" in md
     assert "Cut short: 3 of the 10 planned runs finished." in md and "n=3" in md
     assert "PARTIAL: call 1 stopped by a signal" in md
     assert "Cut short: ladder stopped before writing bench.json; these are its rows so far (bench.csv)." in md

@@ -29,16 +29,28 @@ def test_efficiency_below_80_percent_is_flagged_with_the_reason_the_step_rows_gi
 
 
 def test_real_data_faster_than_synthetic_beyond_the_spread_is_impossible():
-    synthetic = summarize([100.0, 104.0, 98.0])
-    assert "impossible: real data 150 images/s > synthetic 100" in str(
-        sanity.real_vs_synthetic(summarize([150.0, 140.0, 160.0]), synthetic))
-    # above the synthetic median but inside its spread: noise, not a flag
-    assert sanity.real_vs_synthetic(summarize([103.0, 99.0, 110.0]), synthetic) is None
-    assert sanity.real_vs_synthetic(summarize([80.0, 82.0, 79.0]), synthetic) is None
-    # one measurement a side: an inversion cannot be told from noise, so it is too few, not impossible
-    one = sanity.real_vs_synthetic(summarize([7.18]), summarize([6.9]))
-    assert one.kind == "too few" and "from single measurements" in str(one)
-    assert sanity.real_vs_synthetic(summarize([6.0]), summarize([6.9])) is None
+    """The check reads the round-by-round ratios (the backends alternate, so each round pairs like with like)."""
+    def ratios(real, synthetic):
+        return summarize([a / b for a, b in zip(real, synthetic)])
+
+    synthetic = [100.0, 104.0, 98.0]
+    assert "impossible: real data 1.50x synthetic, beyond the spread" in str(
+        sanity.real_vs_synthetic(ratios([150.0, 156.0, 147.0], synthetic)))
+    # above the synthetic rate in some rounds only: noise, not a flag
+    assert sanity.real_vs_synthetic(ratios([103.0, 99.0, 110.0], synthetic)) is None
+    assert sanity.real_vs_synthetic(ratios([80.0, 82.0, 79.0], synthetic)) is None
+    # one round: an inversion cannot be told from noise, so it is too few, not impossible
+    one = sanity.real_vs_synthetic(ratios([7.18], [6.9]))
+    assert one.kind == "too few" and "from a single round (n=1)" in str(one)
+    assert sanity.real_vs_synthetic(ratios([6.0], [6.9])) is None
+
+
+def test_a_real_data_inversion_every_round_is_flagged_though_the_machine_drifted():
+    """Real 100..120 against synthetic 90..108 images/s: the two rates' spreads overlap (the machine sped up
+    over the run), yet real data was 1.11x synthetic in every round."""
+    real, synthetic = [100.0, 110.0, 120.0], [90.0, 99.0, 108.0]
+    flag = sanity.real_vs_synthetic(summarize([a / b for a, b in zip(real, synthetic)]))
+    assert flag.kind == "impossible" and "n=3, min–max 1.11–1.11 > 1" in str(flag)
 
 
 def test_a_ladder_speed_up_from_one_round_is_too_few():
@@ -72,6 +84,17 @@ def test_an_interval_from_fewer_than_3_runs_is_refused():
     assert str(sanity.interval(bad, bounds=(0, 1))).startswith("impossible: interval -0.1962–0.3994 outside [0, 1]")
     assert sanity.interval(summarize([0.5, 0.6, 0.55]), bounds=(0, 1)) is None
     assert sanity.interval(summarize([0.5, 0.6])) is None  # summarize gives none below 3
+
+
+def test_an_accuracy_interval_clipped_to_0_1_is_flagged_with_its_reason():
+    """summarize(bounds=ACCURACY) prints the interval clipped to [0, 1]; the check still sees the raw ends."""
+    from harness.stats import ACCURACY
+
+    s = summarize([0.1, 0.5, 0.9], bounds=ACCURACY)  # mean 0.5, half-width 0.99
+    assert (s["ci95_low"], s["ci95_high"]) == (0.0, 1.0)
+    flag = sanity.interval(s, ACCURACY)
+    assert flag.kind == "impossible" and "interval -0.4937–1.494 leaves its bounds (printed clipped to 0–1)" in str(flag)
+    assert sanity.interval(summarize([0.5, 0.6, 0.55], bounds=ACCURACY), ACCURACY) is None
 
 
 def test_a_spread_wider_than_half_the_median_is_unstable():

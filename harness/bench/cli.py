@@ -105,7 +105,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
         rows += measured
         if not main_proc:
             continue
-        add_speedups(rows)
+        add_speedups(measured)  # a ladder is one group: its rungs are all in `measured`
         env["data_source"] = ctx.images.source
         # after every group: a run stopped half-way keeps what it measured, in both files
         write_csv(out / names["csv"], rows)
@@ -120,7 +120,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
             sanity.warn(spec, row.get("flags"))
     progress.close()
     if main_proc:
-        write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name)
+        write_outputs(rows, env, out, names, run, cfg, world, device_name)
     # every rank ends together and leaves its process group cleanly: a rank that exits while another still
     # writes once aborted in gloo's teardown ("terminate called without an active exception")
     accelerator.wait_for_everyone()
@@ -132,7 +132,7 @@ def zoo(cfg: BenchConfig, setting: dict) -> list[dict]:
     return rows
 
 
-def write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name) -> None:
+def write_outputs(rows, env, out, names, run, cfg, world, device_name) -> None:
     """The main process's files at the end: scaling efficiency and its checks, plots, CSV, JSON, report."""
     from harness import sanity
     from harness.bench.measure import add_scaling
@@ -140,11 +140,9 @@ def write_outputs(rows, env, ctx, out, names, run, cfg, world, device_name) -> N
     from harness.tables import write_json
 
     if world > 1:
-        env["scaling_note"] = add_scaling(rows, Path(cfg.baseline) if cfg.baseline else out / "bench.csv")
-        for row in rows:
-            sanity.warn(f"{row['model']} {row['mode']} x{world}", [f for f in row.get("flags") or []
-                                                                   if "efficiency" in f or "differs" in f])
-    env["data_source"] = ctx.images.source
+        env["scaling_note"], added = add_scaling(rows, Path(cfg.baseline) if cfg.baseline else out / "bench.csv")
+        for row, flags in added:
+            sanity.warn(f"{row['model']} {row['mode']} x{world}", flags)
     plotted = {"images_per_s": plot_images_per_s(rows, out / names["images_per_s"], device_name),
                "ladder": plot_ladder(rows, out / names["ladder"], device_name)}
     names_written = {k: v for k, v in names.items() if plotted.get(k, True)}

@@ -10,30 +10,31 @@ Two measurements per batch size, each after `warmup` untimed steps of every back
      harness.training.precision.resolve_compile: on a GPU, off on a CPU, or what the launcher named),
      and the ratio real-data / synthetic (1.0: the data path costs nothing; lower: the model waits for data).
 The backends of one measurement are timed in alternating rounds (`repeats` rounds, one block of `steps`
-steps of each backend per round, the order reversed every other round: harness.bench.measure.round_order),
-so a drift in the machine's load hits every backend alike; images/s is the median round with n and the
-spread, the ratio the median of the round-by-round ratios. Real data faster than synthetic beyond the
-spread, and a spread wider than half the median, are flagged (harness.sanity). Outputs in `out`:
+steps of each backend per round, the order reversed every other round: harness.timing.alternate), so a
+drift in the machine's load hits every backend alike; before each block a backend runs its prefetch
+queue's depth of steps untimed (DALI: data.prefetch), which filled while the others ran. images/s and
+ms/step are the median round with n and the spread, the ratio the median of the round-by-round ratios
+with n and spread. Real data faster than synthetic in the ratios' whole spread, and a spread wider than
+half the median, are flagged (harness.sanity). Outputs in `out`:
 data_bench.json (rewritten after every measurement, so a run stopped half-way keeps what it measured)
 and data_bench.md.
 """
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from harness import sanity, tables
-from harness.bench.measure import make_accelerator, rate_figures, round_order, row_autocast
-from harness.bench.outputs import rate
-from harness.bench.sources import Images, harness_loader
+from harness.bench.measure import figure_columns, make_accelerator, rate_figures, row_autocast
+from harness.bench.outputs import figure, rate, speedup
+from harness.bench.sources import Images, harness_loader, queue_depth
 from harness.bench.specs import BenchConfig, parse_ints, precisions, resolve_models, split
 from harness.errors import UserError
-from harness.stats import spread, summarize
+from harness.stats import summarize
 from harness.tables import write_json
-from harness.timing import time_steps
+from harness.timing import alternate, time_steps
 
 BACKENDS = ("torch", "dali", "synthetic")
 
@@ -57,19 +58,19 @@ def resolve_backends(cfg: BenchConfig, device: torch.device) -> tuple[list[str],
 
 
 def timed_rounds(steps: dict[str, Callable[[], None]], cfg: BenchConfig, device: torch.device) -> dict[str, list[float]]:
-    """name -> seconds of each round's block: every step warmed up, then `repeats` alternating rounds."""
+    """backend -> seconds of each round's block: every step warmed up, then `repeats` alternating rounds,
+    each block after its backend's queue depth of untimed steps (they filled while the others ran)."""
     for step in steps.values():
         time_steps(step, 0, cfg.warmup, 0, device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(cfg.repeats):
-        for name in round_order(list(steps), r):
-            times[name] += time_steps(steps[name], cfg.steps, 0, 1, device)[0]
-    return times
+    return alternate({b: (lambda b=b: time_steps(steps[b], cfg.steps, queue_depth(b, 0, cfg.data.prefetch), 1,
+                                                 device)[0][0]) for b in steps}, cfg.repeats)
 
 
 def figures(times: list[float], batch_size: int, steps: int) -> dict:
+    """A row's images/s and ms/step from its rounds' seconds, each the median round with n and spread."""
     return {"batch_size": batch_size, **rate_figures([steps * batch_size / t for t in times]),
-            "step_ms": 1000 * statistics.median(times) / steps, "runs_s": [round(x, 4) for x in times]}
+            **figure_columns("step_ms", summarize([1000 * t / steps for t in times])),
+            "runs_s": [round(x, 4) for x in times]}
 
 
 def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, setting: dict,
@@ -120,7 +121,6 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
                 it.close()
         for b in backends:
             r = {"backend": b, **figures(times[b], batch_size, cfg.steps), **setting}
-            r["flags"] = sanity.collect(sanity.unstable(summarize(r["rounds_images_per_s"]), " images/s"))
             result["loaders"].append(r)
             sanity.warn(f"loader {b} b{batch_size}", r["flags"])
         write_json(out / "data_bench.json", result)
@@ -162,27 +162,16 @@ def run(cfg: BenchConfig, out: Path, device: torch.device, device_name: str, set
 
 def add_ratios(rows: list[dict]) -> None:
     """Each backend against synthetic (rows of one model and batch, timed in the same rounds): the median
-    of the round-by-round ratios with their spread, and the checks: real data faster than synthetic
-    beyond the spread, and a spread wider than half the median."""
+    of the round-by-round ratios with n and their spread, and the check of real data faster than synthetic
+    across the ratios' spread (paired round by round: a drift over the run moves both rates alike)."""
     synthetic = next((r for r in rows if r["backend"] == "synthetic"), None)
+    if not synthetic:
+        return
     for r in rows:
-        rates = summarize(r["rounds_images_per_s"])
-        flags = [sanity.unstable(rates, " images/s")]
-        if synthetic:
-            ratio = summarize([a / b for a, b in zip(r["rounds_images_per_s"], synthetic["rounds_images_per_s"])])
-            low, high, _ = spread(ratio)
-            r.update(vs_synthetic=ratio["median"], vs_synthetic_low=low, vs_synthetic_high=high)
-            if r is not synthetic:
-                flags.append(sanity.real_vs_synthetic(rates, summarize(synthetic["rounds_images_per_s"])))
-        r["flags"] = sanity.collect(*flags)
-
-
-def ratio_text(r: dict) -> str:
-    if r.get("vs_synthetic") is None:
-        return "-"
-    if r.get("vs_synthetic_low") is None or r["vs_synthetic_low"] == r["vs_synthetic_high"]:
-        return f"{r['vs_synthetic']:.2f}"
-    return f"{r['vs_synthetic']:.2f} ({r['vs_synthetic_low']:.2f}–{r['vs_synthetic_high']:.2f})"
+        ratio = summarize([a / b for a, b in zip(r["rounds_images_per_s"], synthetic["rounds_images_per_s"])])
+        r.update(figure_columns("vs_synthetic", ratio))
+        if r is not synthetic:
+            r["flags"] = r.get("flags", []) + sanity.collect(sanity.real_vs_synthetic(ratio))
 
 
 def to_markdown(result: dict) -> str:
@@ -195,16 +184,16 @@ def to_markdown(result: dict) -> str:
              ""]
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     lines += ["", "## Loader alone", "", tables.markdown_table(
-        ["backend", "batch", "images/s (n, spread)", "ms/batch", "flags"],
-        [[r["backend"], r["batch_size"], rate(r), f"{r['step_ms']:.2f}", sanity.text(r.get("flags"))]
+        ["backend", "batch", "images/s (n, spread)", "ms/batch (n, spread)", "flags"],
+        [[r["backend"], r["batch_size"], rate(r), figure(r, "step_ms", ".2f"), sanity.text(r.get("flags"))]
          for r in result["loaders"]], align="lrrrl")]
     if result["training"]:
         lines += ["", "## Training step (forward + backward + SGD), against synthetic batches (the model alone)",
                   "", tables.markdown_table(
-                      ["model", "compile", "backend", "batch", "images/s (n, spread)", "ms/step",
-                       "vs synthetic (min–max of rounds)", "flags"],
+                      ["model", "compile", "backend", "batch", "images/s (n, spread)", "ms/step (n, spread)",
+                       "vs synthetic (median of the rounds' ratios, n, spread)", "flags"],
                       [[r["model"], r.get("compile_mode") or "eager", r["backend"], r["batch_size"], rate(r),
-                        f"{r['step_ms']:.2f}", ratio_text(r), sanity.text(r.get("flags"))]
+                        figure(r, "step_ms", ".2f"), speedup(r, "vs_synthetic"), sanity.text(r.get("flags"))]
                        for r in result["training"]],
                       align="lllrrrrl")]
     return "\n".join(lines) + "\n"

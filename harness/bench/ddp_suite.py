@@ -9,10 +9,11 @@ Both models start from the same weights and see the same batch, in fp32, through
 mixed_precision="no" and never asked to prepare() anything, it only supplies backward (plain
 loss.backward(), through DDP's hooks for the wrapped model); the suite wraps DDP itself, because
 accelerate does not wrap a model in DDP for one process. Each of `repeats` rounds times a block of
-`steps` steps of each, in alternating order (harness.bench.measure.round_order), after `warmup`
-untimed steps of each; the overhead is the median over rounds of (DDP block median / plain block median
-- 1), with n and its spread, beside the median step times. A spread wider than half its median (of
-either step time, or of the DDP / plain ratio) is flagged (harness.sanity). The campaign's smoke run
+`steps` steps of each, in alternating order (harness.timing.alternate, timed by harness.timing.time_steps),
+after `warmup` untimed steps of each; the overhead is the median over rounds of (DDP block median / plain
+block median - 1), with n and its spread, beside each side's median step time over rounds (n, spread). A
+spread wider than half its median (of either step time, or of the DDP / plain ratio) is flagged
+(harness.sanity). The campaign's smoke run
 once printed "overhead +2829%": torch's default 2 threads on the shared 2-core CPU made a lenet5 step
 take 54-200 ms instead of 2.5 ms (harness.provenance), and 2-step blocks let one stall decide a round. Output in `out`: ddp_overhead.json. On a GPU the model and batch move
 to cuda:0 (nccl); on a CPU gloo.
@@ -23,26 +24,17 @@ import copy
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from harness import sanity
-from harness.bench.measure import make_accelerator, round_order, row_autocast
+from harness.bench.measure import make_accelerator, row_autocast
 from harness.bench.specs import BenchConfig, parse_ints, resolve_models
 from harness.errors import UserError
 from harness.stats import format_median, spread, summarize
-
-def step_times(step, steps: int, sync) -> list[float]:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
+from harness.timing import alternate, time_steps
 
 
 def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
@@ -63,11 +55,9 @@ def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
     model_name, batch = models[0], batch_sizes[0]
     accelerator = make_accelerator()
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # a one-process group: world size 1 keeps every DDP code path (hooks, buckets, all-reduce call)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    warmup = cfg.warmup
     try:
         torch.manual_seed(cfg.run.seed)
         plain = create_model(model_name).to(device)
@@ -86,35 +76,28 @@ def run(cfg: BenchConfig, device_name: str, setting: dict) -> dict:
             return step
         steps = {"plain": make_step(plain), "ddp": make_step(wrapped)}
         for step in steps.values():
-            step_times(step, warmup, sync)
-        blocks: dict[str, list[list[float]]] = {"plain": [], "ddp": []}
+            time_steps(step, 0, cfg.warmup, 0, device)
         progress = Progress(cfg.repeats, desc="ddp overhead", unit="round", show=cfg.run.progress, every_s=0)
-        for r in range(cfg.repeats):
-            for name in round_order(["plain", "ddp"], r):
-                blocks[name].append(step_times(steps[name], cfg.steps, sync))
-            progress.update(1)
+        # each round: one block per model, its per-step seconds
+        blocks = alternate({name: (lambda name=name: time_steps(steps[name], cfg.steps, 0, 1, device)[1])
+                            for name in steps}, cfg.repeats, after_round=lambda r: progress.update(1))
         progress.close()
     finally:
         dist.destroy_process_group()
     plain_ms = summarize(1000 * statistics.median(b) for b in blocks["plain"])
     ddp_ms = summarize(1000 * statistics.median(b) for b in blocks["ddp"])
-    ratio = summarize(statistics.median(d) / statistics.median(p) for p, d in zip(blocks["plain"], blocks["ddp"]))
-    overhead = summarize(100 * (statistics.median(d) / statistics.median(p) - 1)
-                         for p, d in zip(blocks["plain"], blocks["ddp"]))
+    ratios = [statistics.median(d) / statistics.median(p) for p, d in zip(blocks["plain"], blocks["ddp"])]
+    overhead = summarize(100 * (x - 1) for x in ratios)
     low, high, name = spread(overhead)
-    p = statistics.median(t for b in blocks["plain"] for t in b)
-    d = statistics.median(t for b in blocks["ddp"] for t in b)
     return {"model": model_name, "params": count_params(plain), "batch": batch, "device": device_name,
-            **setting, "backend": backend, "warmup_each": warmup, "rounds": cfg.repeats,
+            **setting, "backend": backend, "warmup_each": cfg.warmup, "rounds": cfg.repeats,
             "steps_each": sum(map(len, blocks["plain"])),
-            "plain_step_ms": 1000 * p, "ddp_step_ms": 1000 * d, "overhead_ms": 1000 * (d - p),
             "plain_round_ms": plain_ms, "ddp_round_ms": ddp_ms,
             "overhead_pct": overhead["median"], "overhead_pct_n": overhead["n"], "overhead_pct_low": low,
             "overhead_pct_high": high, "spread": name,
-            "overhead_pct_per_round": [round(100 * (statistics.median(d) / statistics.median(p) - 1), 1)
-                                       for p, d in zip(blocks["plain"], blocks["ddp"])],
+            "overhead_pct_per_round": [round(100 * (x - 1), 1) for x in ratios],
             "flags": sanity.collect(sanity.unstable(plain_ms, " ms (plain)"), sanity.unstable(ddp_ms, " ms (DDP)"),
-                                    sanity.unstable(ratio, "x (DDP / plain)")),
+                                    sanity.unstable(summarize(ratios), "x (DDP / plain)")),
             "versions": {k: v for k, v in library_versions().items() if k in ("python", "torch", "harness")}}
 
 

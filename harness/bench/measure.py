@@ -3,22 +3,28 @@ one model's ladder rungs) are built and warmed up together, then timed in altern
 images/s carries n, its median and its spread, and is checked (harness.sanity) before it is written.
 
 A round times one block of `steps` steps of every row of the group, in alternating order (forward in even
-rounds, backward in odd ones: harness.bench.ddp_suite's scheme), so a drift in the machine's load hits
-every row alike, and ratios between rows (the ladder's speed-ups) are taken round by round. A training
+rounds, backward in odd ones: harness.timing.alternate, every suite's rounds), so a drift in the machine's
+load hits every row alike, and ratios between rows (the ladder's speed-ups) are taken round by round.
+Before each block a row runs its source's queue depth of steps untimed (harness.bench.sources.queue_depth:
+a DataLoader's workers and DALI fill their queues while the other rows run; without it each block began
+with that many free batches, +9% on a loader-bound GPU rung at 50 steps, +25% at a CPU's 20). All rows of
+a group are in memory together: a row's peak memory is its own (the peak minus what the other live rows
+hold), and compared rows that ended at different batch sizes (out-of-memory halving) are flagged unlike. A training
 step is the trainer's own (harness.training.step.train_step and optimizer_step) under the row's own
 autocast: the benchmark's Accelerator is made with mixed_precision="no", so a launcher's
 ACCELERATE_MIXED_PRECISION=bf16 cannot turn an fp32 row into bf16.
 
-With N processes every rank measures its share; ranks agree on every outcome before any collective that
-depends on it (a small all-reduce of a failure flag), so one rank's out-of-memory makes all ranks retry at
-half the batch, and one rank's error makes all record it: the collectives never mismatch.
+With N processes every rank measures its share; ranks agree on the outcome of every probe, warm-up and
+timed block (`agreed`: a small all-reduce of a failure flag) before the next collective, so one rank's
+out-of-memory makes all ranks retry at half the batch, and one rank's error makes all record it and skip
+the row's later blocks together. (An error inside a DDP step, after its peer entered the step's gradient
+all-reduce, can still leave that peer waiting: only the probe, before DDP wraps the model, is free of it.)
 """
 from __future__ import annotations
 
 import csv
 import gc
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,15 +32,18 @@ from typing import Callable
 import torch
 
 from harness import sanity
-from harness.bench.sources import Images, batches, num_workers
-from harness.bench.specs import BenchConfig, Spec, skip_reason
+from harness.bench.sources import Images, batches, num_workers, queue_depth
+from harness.bench.specs import BenchConfig, Spec, group_specs, skip_reason
 from harness.errors import UserError
 from harness.stats import spread, summarize
-from harness.timing import percentile, time_steps
+from harness.timing import alternate, time_steps
 
-# Test hook: the rank named here raises torch.OutOfMemoryError at the first step of every row's first
-# attempt (tests/test_bench.py checks that all ranks then retry at half the batch). Not for users.
+# Test hooks: the rank named here raises torch.OutOfMemoryError at the first step of every row's first
+# attempt, or a RuntimeError at the end of every row's first timed block, after its steps (tests/
+# test_bench.py checks that all ranks then retry at half the batch, or all record the error and finish).
+# Not for users.
 INJECT_OOM_ENV = "HARNESS_BENCH_INJECT_OOM_RANK"
+INJECT_ERROR_ENV = "HARNESS_BENCH_INJECT_ERROR_RANK"
 
 OK, OOM, ERROR = 0, 1, 2
 
@@ -81,6 +90,27 @@ class PeerFailed(RuntimeError):
     """Another rank failed this row; this rank stops it too, so the next row starts together."""
 
 
+def agreed(ctx: Context, work: Callable[[], object], batch_size: int):
+    """`work()`, then every rank's outcome agreed (`agree`) before anyone goes on: this rank's own error is
+    raised; another rank's out-of-memory is raised here as torch.OutOfMemoryError, its other errors as
+    PeerFailed; so every rank takes the same branch and the next collective is the same on all."""
+    status, error, result = OK, None, None
+    try:
+        result = work()
+    except torch.OutOfMemoryError as e:
+        status, error = OOM, e
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+        status, error = ERROR, e
+    worst = agree(ctx, status)
+    if error is not None:
+        raise error
+    if worst == OOM:
+        raise torch.OutOfMemoryError(f"another rank ran out of memory at batch {batch_size}")
+    if worst == ERROR:
+        raise PeerFailed("another rank failed on this row (see its error)")
+    return result
+
+
 @dataclass
 class Variant:
     """One row being measured: its step, what to close, and its timings so far."""
@@ -88,7 +118,9 @@ class Variant:
     batch_size: int
     step: Callable[[], None]
     close: Callable[[], None]
+    queue: int = 0  # batches the data source renders ahead (sources.queue_depth): run untimed before each block
     warmup_s: float = 0.0
+    held_mb: float = 0.0  # device memory the row holds between its blocks (model, optimiser, data, queue)
     runs: list = field(default_factory=list)  # seconds per timed block (one per round)
     per_step: list = field(default_factory=list)  # seconds per timed step, all rounds
     peak_mem_mb: float = 0.0
@@ -107,7 +139,8 @@ def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
     torch.manual_seed(cfg.run.seed)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = create_model(spec.model, num_classes=10).to(device, memory_format=memory_format)
-    source = batches(spec, batch_size, ctx.images, device=device, data=cfg.data, workers=num_workers(cfg.num_workers),
+    workers = num_workers(cfg.num_workers)
+    source = batches(spec, batch_size, ctx.images, device=device, data=cfg.data, workers=workers,
                      seed=cfg.run.seed, rank=ctx.rank, world=ctx.world)
     autocast = row_autocast(spec.precision, device)
     inject = os.environ.get(INJECT_OOM_ENV) == str(ctx.rank) and batch_size == spec.batch_size
@@ -144,22 +177,12 @@ def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
                 with torch.no_grad(), autocast():
                     net(x)
             probe = step
-        status, error = OK, None
-        try:
+
+        def first_step():
             if inject:
                 raise torch.OutOfMemoryError(f"injected by {INJECT_OOM_ENV} on rank {ctx.rank}")
             probe()
-        except torch.OutOfMemoryError as e:
-            status, error = OOM, e
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
-            status, error = ERROR, e
-        worst = agree(ctx, status)
-        if error is not None:
-            raise error
-        if worst == OOM:
-            raise torch.OutOfMemoryError(f"another rank ran out of memory at batch {batch_size}")
-        if worst == ERROR:
-            raise PeerFailed("another rank failed on this row (see its error)")
+        agreed(ctx, first_step, batch_size)
         if spec.mode == "train":
             wrapped, optimizer = acc.prepare(model, optimizer)  # DDP when world > 1
             net = torch.compile(wrapped, mode=cfg.compile_mode) if spec.compile else wrapped  # DDP, then compile
@@ -167,17 +190,30 @@ def build(spec: Spec, batch_size: int, ctx: Context) -> Variant:
     except BaseException:
         close()
         raise
-    return Variant(spec, batch_size, step, close)
+    return Variant(spec, batch_size, step, close, queue=queue_depth(spec.data, workers, cfg.data.prefetch))
+
+
+def warm_up(v: Variant, ctx: Context) -> None:
+    """`warmup` untimed steps (compile, cuDNN autotune, worker start-up), their outcome agreed by all ranks."""
+    if ctx.world > 1:
+        ctx.accelerator.wait_for_everyone()  # ranks start warm-up together
+    _, _, v.warmup_s = agreed(ctx, lambda: time_steps(v.step, 0, ctx.cfg.warmup, 0, ctx.device), v.batch_size)
 
 
 def build_with_retry(spec: Spec, ctx: Context) -> Variant:
-    """build() at the row's batch; on out-of-memory halve the batch and retry. Raises
-    torch.OutOfMemoryError if even one image does not fit. Ranks agree on out-of-memory inside build(), so
-    with N processes all of them halve together."""
+    """build() and warm_up() at the row's batch; on out-of-memory in either, halve the batch and retry.
+    Raises torch.OutOfMemoryError if even one image does not fit. Ranks agree on out-of-memory inside
+    both, so with N processes all of them halve together."""
     batch_size = spec.batch_size
     while True:
         try:
-            return build(spec, batch_size, ctx)
+            v = build(spec, batch_size, ctx)
+            try:
+                warm_up(v, ctx)
+            except BaseException:
+                v.close()
+                raise
+            return v
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -206,8 +242,15 @@ def latency(spec: Spec, ctx: Context) -> dict:
     finally:
         if spec.compile:
             torch.compiler.reset()
-    return {"latency_ms_p50": 1000 * statistics.median(per_step), "latency_ms_p90": 1000 * percentile(per_step, 90),
-            "latency_n": len(per_step)}
+    s = summarize([1000 * t for t in per_step])
+    low, high, _ = spread(s)
+    return {"latency_ms_p50": s["median"], "latency_ms_p50_n": s["n"], "latency_ms_p50_low": low,
+            "latency_ms_p50_high": high, "latency_ms_p90": s["p90"]}
+
+
+def allocated_mb(device: torch.device) -> float:
+    """Device memory held by live tensors now (0 on a CPU, where the peak is the process's)."""
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -230,37 +273,48 @@ def base_row(spec: Spec, ctx: Context) -> dict:
             "world_size": ctx.world, **ctx.setting}
 
 
-def round_order(items: list, r: int) -> list:
-    """The order of round `r`: as given in even rounds, reversed in odd ones, so a drift in the machine's
-    load hits every compared row alike (every suite's rounds use it)."""
-    return list(items) if r % 2 == 0 else list(reversed(items))
+def figure_columns(key: str, s: dict) -> dict:
+    """A figure's columns from its summary: key (the median), key_n, key_low and key_high (the spread,
+    harness.stats.spread; its name follows from n, harness.stats.spread_name)."""
+    low, high, _ = spread(s)
+    return {key: s["median"], f"{key}_n": s["n"], f"{key}_low": low, f"{key}_high": high}
 
 
 def rate_figures(rates: list[float]) -> dict:
-    """A row's images/s from its rounds: the median round, n, and the spread (harness.stats.spread)."""
+    """A row's images/s from its rounds: the median round, n, and the spread (harness.stats.spread), with
+    the row's first flag: a spread wider than half the median (harness.sanity.unstable)."""
     s = summarize(rates)
-    low, high, name = spread(s)
-    return {"images_per_s": s["median"], "images_per_s_n": s["n"], "images_per_s_low": low,
-            "images_per_s_high": high, "spread": name, "rounds_images_per_s": list(rates)}
+    return {**figure_columns("images_per_s", s), "spread": spread(s)[2], "rounds_images_per_s": list(rates),
+            "flags": sanity.collect(sanity.unstable(s, " images/s"))}
 
 
-def timed_block(v: Variant, ctx: Context) -> None:
-    """One round's block of `steps` steps of one row; an error ends the row, not the group."""
+def timed_block(v: Variant, ctx: Context, others_mb: float = 0.0) -> None:
+    """One round's block of `steps` steps of one row, after its source's queue depth of untimed steps; its
+    outcome agreed by all ranks, so an error ends the row on every rank, not the group. `others_mb`: what
+    the group's other live rows hold, taken off the block's peak memory."""
+    from harness.provenance import peak_memory_mb
+
+    if v.error is not None:
+        return
     device = ctx.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if ctx.world > 1:
         ctx.accelerator.wait_for_everyone()  # ranks start each block together
+
+    def block():
+        timed = time_steps(v.step, ctx.cfg.steps, v.queue, 1, device)
+        if os.environ.get(INJECT_ERROR_ENV) == str(ctx.rank) and not v.runs:
+            raise RuntimeError(f"injected by {INJECT_ERROR_ENV} on rank {ctx.rank}")
+        return timed
     try:
-        runs, per_step, _ = time_steps(v.step, ctx.cfg.steps, 0, 1, device)
-    except Exception as e:  # noqa: BLE001 - recorded in the row; the group's other rows go on
+        runs, per_step, _ = agreed(ctx, block, v.batch_size)
+    except Exception as e:  # noqa: BLE001 - recorded in the row on every rank; the group's other rows go on
         v.error = error_text(e)
         return
     v.runs += runs
     v.per_step += per_step
-    from harness.provenance import peak_memory_mb
-
-    v.peak_mem_mb = max(v.peak_mem_mb, peak_memory_mb(device))
+    v.peak_mem_mb = max(v.peak_mem_mb, peak_memory_mb(device) - others_mb)
 
 
 def measure_group(specs: list[Spec], ctx: Context) -> list[dict]:
@@ -274,11 +328,10 @@ def measure_group(specs: list[Spec], ctx: Context) -> list[dict]:
             if skip_reason(spec, cfg, ctx.device):
                 continue
             try:
+                before = allocated_mb(ctx.device)
                 v = build_with_retry(spec, ctx)
+                v.held_mb = allocated_mb(ctx.device) - before
                 live[spec] = v
-                if ctx.world > 1:
-                    ctx.accelerator.wait_for_everyone()  # ranks start warm-up together
-                _, _, v.warmup_s = time_steps(v.step, 0, cfg.warmup, 0, ctx.device)
             except torch.OutOfMemoryError:
                 free_device_memory(ctx.device)
                 errors[spec] = "out of memory even at batch size 1"
@@ -286,12 +339,9 @@ def measure_group(specs: list[Spec], ctx: Context) -> list[dict]:
                 errors[spec] = str(e)
             except Exception as e:  # noqa: BLE001 - a model that fails to compile must not end a zoo-wide run
                 errors[spec] = error_text(e)
-            if spec in errors and spec in live:
-                live.pop(spec).close()
-        for r in range(cfg.repeats):
-            for v in round_order(list(live.values()), r):
-                if v.error is None:
-                    timed_block(v, ctx)
+        held = sum(v.held_mb for v in live.values())
+        alternate({spec: (lambda v=v: timed_block(v, ctx, held - v.held_mb)) for spec, v in live.items()},
+                  cfg.repeats)
     finally:
         for v in live.values():
             v.close()
@@ -300,11 +350,22 @@ def measure_group(specs: list[Spec], ctx: Context) -> list[dict]:
             # dynamo's recompile limit (8) a later row would silently run eager
             torch.compiler.reset()
         free_device_memory(ctx.device)
-    rows = []
+    rows = {}
     for spec in specs:
         v = live.get(spec)
-        rows.append(finish_row(spec, v, errors.get(spec) or (v.error if v else None), ctx))
-    return rows
+        rows[spec] = finish_row(spec, v, errors.get(spec) or (v.error if v else None), ctx)
+    flag_unlike_batches(group_specs(specs), rows)
+    return list(rows.values())
+
+
+def flag_unlike_batches(comparisons: list[list[Spec]], rows: dict) -> None:
+    """Rows compared with each other (one configuration's precisions, one ladder's rungs: group_specs by
+    group) that ended at different batch sizes (out-of-memory halving) are not alike: each is flagged."""
+    for specs in comparisons:
+        measured = [rows[s] for s in specs if rows[s].get("images_per_s")]
+        flag = sanity.unlike("batch size", {r.get("rung") or r["precision"]: r["batch_size"] for r in measured})
+        for r in measured:
+            r["flags"] = (r.get("flags") or []) + sanity.collect(flag)
 
 
 def finish_row(spec: Spec, v: Variant | None, error: str | None, ctx: Context) -> dict:
@@ -327,13 +388,13 @@ def finish_row(spec: Spec, v: Variant | None, error: str | None, ctx: Context) -
     row.update(rate_figures(rounds))
     facts = model_facts(spec.model)
     ips = row["images_per_s"]
-    per_step = v.per_step
+    steps = summarize([1000 * t for t in v.per_step])
     tflops = ips * facts["gflops"] * (3 if spec.mode == "train" else 1) / 1e3  # 3x forward: fwd + bwd
     peak, source, measured = ctx.peaks[spec.precision]
     row.update(per_device_images_per_s=ips / ctx.world, batch_size=v.batch_size,
                oom_retry_from=spec.batch_size if v.batch_size != spec.batch_size else None,
-               step_ms=1000 * statistics.median(per_step), step_ms_p10=1000 * percentile(per_step, 10),
-               step_ms_p90=1000 * percentile(per_step, 90), peak_mem_mb=v.peak_mem_mb, warmup_s=v.warmup_s,
+               step_ms=steps["median"], step_ms_p10=steps["p10"], step_ms_p90=steps["p90"],
+               peak_mem_mb=v.peak_mem_mb, warmup_s=v.warmup_s,
                tflops=tflops, mfu=tflops / ctx.world / peak, peak_tflops=peak, peak_source=source,
                achievable_tflops=measured, mfu_achievable=tflops / ctx.world / measured)
     if cfg.latency and (spec.mode == "infer" or cfg.mode == "train") and not spec.rung:
@@ -341,7 +402,7 @@ def finish_row(spec: Spec, v: Variant | None, error: str | None, ctx: Context) -
             row.update(latency(spec, ctx))
         except Exception as e:  # noqa: BLE001 - the throughput figures stand; the latency says why it is missing
             row["latency_error"] = error_text(e)
-    row["flags"] = sanity.collect(sanity.unstable(summarize(rounds), " images/s"), sanity.mfu(row["mfu"], source))
+    row["flags"] += sanity.collect(sanity.mfu(row["mfu"], source))
     return row
 
 
@@ -360,7 +421,7 @@ def _ratios(a: dict, b: dict) -> list[float]:
 def add_speedups(rows: list[dict]) -> None:
     """Ladder rows: speed-up over the previous measured rung and over the model's baseline rung, the
     median of the round-by-round ratios (the rungs alternate, so each round compares like with like),
-    with the ratios' spread."""
+    with n and the ratios' spread. Idempotent: a row's speed-up flag is set, never appended twice."""
     first: dict[str, dict] = {}
     previous: dict[str, dict] = {}
     for r in rows:
@@ -369,10 +430,10 @@ def add_speedups(rows: list[dict]) -> None:
         first.setdefault(r["model"], r)
         for key, ref in (("speedup_step", previous.get(r["model"], r)), ("speedup_total", first[r["model"]])):
             s = summarize(_ratios(r, ref))
-            low, high, _ = spread(s)
-            r.update({key: s["median"], f"{key}_low": low, f"{key}_high": high})
+            r.update(figure_columns(key, s))
         if r is not first[r["model"]]:  # a speed-up from one round cannot be told from noise
-            r["flags"] = (r.get("flags") or []) + sanity.collect(sanity.single({r["rung"]: s["n"]}, "speed-up"))
+            flag = sanity.collect(sanity.single({r["rung"]: s["n"]}, "speed-up"))
+            r["flags"] = [f for f in r.get("flags") or [] if f not in flag] + flag
         previous[r["model"]] = r
 
 
@@ -381,26 +442,31 @@ def row_key(r: dict) -> tuple:
                  for k in ("model", "batch_size", "precision", "channels_last", "compile", "data", "mode", "rung"))
 
 
-def add_scaling(rows: list[dict], baseline: Path | None) -> str:
+def add_scaling(rows: list[dict], baseline: Path | None) -> tuple[str, list[tuple[dict, list[str]]]]:
     """N processes: per-device images/s over the 1-process images/s of the same row, checked: above 105%,
-    or a baseline run with other threads per process or another launcher, is flagged. Returns a note."""
+    or a baseline run with other threads per process or another launcher, is flagged. The efficiency is
+    the median over this run's rounds of (round images/s / N) / the 1-process median, with n and spread.
+    Returns a note and each matched row with the flags added to it."""
     if not baseline or not baseline.is_file():
         return (f"scaling efficiency unavailable: no 1-process figures ({baseline or 'none'}); run the same "
-                f"command with one process into the same out dir first, or pass baseline=path.csv")
+                f"command with one process into the same out dir first, or pass baseline=path.csv"), []
     with open(baseline, newline="") as f:
         single = {row_key(r): r for r in csv.DictReader(f) if r.get("world_size") == "1" and r.get("images_per_s")}
-    found = 0
+    added = []
     for r in rows:
         one = single.get(row_key(r))
-        if one and r.get("per_device_images_per_s"):
-            r["scaling_efficiency"] = r["per_device_images_per_s"] / float(one["images_per_s"])
-            found += 1
-            r["flags"] = (r.get("flags") or []) + sanity.collect(
-                sanity.efficiency(r["scaling_efficiency"]),
-                sanity.single({"1 process": int(float(one.get("images_per_s_n") or 1)),
-                               f"{r['world_size']} processes": r.get("images_per_s_n") or 1}, "efficiency"),
-                sanity.unlike("threads per process", {"1 process": one.get("threads") or "?",
-                                                      f"{r['world_size']} processes": r.get("threads")}),
-                sanity.unlike("launcher", {"1 process": one.get("launcher") or "?",
-                                           f"{r['world_size']} processes": r.get("launcher")}))
-    return f"scaling efficiency against the 1-process rows of {baseline} ({found} of {len(rows)} rows matched)"
+        if not one or not r.get("per_device_images_per_s"):
+            continue
+        base, world = float(one["images_per_s"]), r["world_size"]
+        rounds = r.get("rounds_images_per_s") or [r["images_per_s"]]
+        r.update(figure_columns("scaling_efficiency", summarize([x / world / base for x in rounds])))
+        flags = sanity.collect(
+            sanity.efficiency(r["scaling_efficiency"]),
+            sanity.single({"1 process": int(float(one.get("images_per_s_n") or 1)),
+                           f"{world} processes": r.get("images_per_s_n") or 1}, "efficiency"),
+            sanity.unlike("threads per process", {"1 process": one.get("threads") or "?",
+                                                  f"{world} processes": r.get("threads")}),
+            sanity.unlike("launcher", {"1 process": one.get("launcher") or "?", f"{world} processes": r.get("launcher")}))
+        r["flags"] = (r.get("flags") or []) + flags
+        added.append((r, flags))
+    return f"scaling efficiency against the 1-process rows of {baseline} ({len(added)} of {len(rows)} rows matched)", added

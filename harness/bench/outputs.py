@@ -1,23 +1,27 @@
 """The zoo suite's outputs: bench.csv (one row per measurement), report.md (header with method, versions
 and peaks; one table for the models, one per ladder), images_per_s.png and ladder.png. Writers and the
-plot style come from harness.tables. Every images/s and speed-up is written with n and its spread; a
-flagged row (harness.sanity) says why in its note and is drawn hatched and grey."""
+plot style come from harness.tables. Every timed figure (images/s, speed-ups, scaling efficiency, batch-1
+latency) is written with n and its spread (`figure`, harness.stats.format_figure); a flagged row
+(harness.sanity) says why in its note and is drawn hatched and grey."""
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
 from harness import sanity, tables
+from harness.stats import format_figure
 from harness.tables import num
 
 COLUMNS = [
     "model", "batch_size", "precision", "channels_last", "compile", "data", "mode", "rung", "overlap", "fused",
     "images_per_s", "images_per_s_n", "images_per_s_low", "images_per_s_high", "spread",
     "per_device_images_per_s", "step_ms", "step_ms_p10", "step_ms_p90",
-    "latency_ms_p50", "latency_ms_p90",
+    "latency_ms_p50", "latency_ms_p50_n", "latency_ms_p50_low", "latency_ms_p50_high", "latency_ms_p90",
     "peak_mem_mb", "params", "gflops", "tflops", "mfu", "peak_tflops", "peak_source", "achievable_tflops",
-    "mfu_achievable", "speedup_step", "speedup_total", "speedup_total_low", "speedup_total_high",
-    "scaling_efficiency", "warmup_s", "oom_retry_from", "flags",
+    "mfu_achievable", "speedup_step", "speedup_step_n", "speedup_step_low", "speedup_step_high",
+    "speedup_total", "speedup_total_n", "speedup_total_low", "speedup_total_high",
+    "scaling_efficiency", "scaling_efficiency_n", "scaling_efficiency_low", "scaling_efficiency_high",
+    "warmup_s", "oom_retry_from", "flags",
     "skip_reason", "error", "device", "world_size", "threads", "launcher",
 ]
 
@@ -26,26 +30,31 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     tables.write_csv(path, [{**r, "flags": sanity.text(r.get("flags"))} for r in rows], COLUMNS)
 
 
-def rate(r: dict, key: str = "images_per_s", fmt: str = ",.0f") -> str:
-    """'1,234 (n=5, min–max 1,100–1,300)': a figure with its n and spread."""
-    if r.get(key) in (None, ""):
+def figure(r: dict, key: str, fmt: str = ",.0f", unit: str = "", scale: float = 1.0) -> str:
+    """'1,234 (n=5, min–max 1,100–1,300)': a row's figure from its columns key, key_n, key_low, key_high
+    (numbers, or CSV text), with n and the spread named as harness.stats.spread names it. A row from an
+    older file without key_n: the figure and its spread, as written."""
+    def v(k):
+        return None if r.get(k) in (None, "") else float(r[k])
+
+    if v(key) is None:
         return "-"
-    text = format(float(r[key]), fmt)
-    if r.get(f"{key}_n") in (None, ""):
-        return text
-    n = int(r[f"{key}_n"])
-    if n < 2:
-        return f"{text} (n={n})"
-    return (f"{text} (n={n}, {r.get('spread') or 'min–max'} {format(float(r[f'{key}_low']), fmt)}–"
-            f"{format(float(r[f'{key}_high']), fmt)})")
+    if v(f"{key}_n") is None:
+        text = format(v(key) * scale, fmt) + unit
+        lo, hi = v(f"{key}_low"), v(f"{key}_high")
+        return text if lo is None or hi is None or lo == hi else \
+            f"{text} ({format(lo * scale, fmt)}–{format(hi * scale, fmt)})"
+    return format_figure(v(key), int(v(f"{key}_n")), v(f"{key}_low"), v(f"{key}_high"), fmt, unit, scale)
+
+
+def rate(r: dict) -> str:
+    """A row's images/s with its n and spread."""
+    return figure(r, "images_per_s")
 
 
 def speedup(r: dict, key: str) -> str:
-    if r.get(key) in (None, ""):
-        return "-"
-    if r.get(f"{key}_low") in (None, "") or r[f"{key}_low"] == r[f"{key}_high"]:
-        return f"{float(r[key]):.2f}"
-    return f"{float(r[key]):.2f} ({float(r[f'{key}_low']):.2f}–{float(r[f'{key}_high']):.2f})"
+    """A speed-up or ratio (speedup_step, speedup_total, vs_synthetic) with its n and spread."""
+    return figure(r, key, ".2f")
 
 
 def _step(r: dict) -> str:
@@ -56,7 +65,8 @@ def _step(r: dict) -> str:
 
 
 def _latency(r: dict) -> str:
-    return "-" if r.get("latency_ms_p50") is None else f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p90']:.2f}"
+    """The median batch-1 latency with n and its spread, then the p90 (the tail a user waits for)."""
+    return "-" if r.get("latency_ms_p50") is None else f"{figure(r, 'latency_ms_p50', '.2f')} / {r['latency_ms_p90']:.2f}"
 
 
 def _mfu(r: dict) -> str:
@@ -99,8 +109,10 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
         f"{cfg['repeats']} repeats of {cfg['steps']} steps timed with "
         + ("CUDA events" if on_gpu else "time.perf_counter") + ". The rows of one comparison (one configuration's "
         "precisions, one model's ladder rungs) are timed in alternating rounds, one block of steps each per round; "
-        "images/s is the median round with n and its spread (min–max, p10–p90 from 10 rounds), speed-ups the median "
-        "of the round-by-round ratios; step time median (p10-p90) of all timed steps; batch size is per process; "
+        "before each block a row runs its data source's queue depth of steps untimed (DataLoader workers x "
+        "prefetch factor, DALI's prefetch), which fill while the other rows run; images/s is the median round with "
+        "n and its spread (min–max, p10–p90 from 10 rounds), speed-ups the median of the round-by-round ratios with "
+        "n and spread; step time median (p10-p90) of all timed steps; batch size is per process; "
         f"cudnn.benchmark on; {env.get('threads', '?')} CPU thread(s) per process, launched by "
         f"{env.get('launcher', '?')}",
         "- train = the trainer's step (harness.training.step: forward under the row's autocast, backward, "
@@ -111,15 +123,15 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
         f"- data: {env['data_source']}",
     ]
     if cfg.get("latency"):
-        lines.append("- latency: inference at batch 1, synthetic input, ms per forward pass, median / p90 of "
-                     "the same warm-up and repeats")
+        lines.append("- latency: inference at batch 1, synthetic input, ms per forward pass: the median (n, "
+                     "spread) / p90 of the same warm-up and repeats")
     if env.get("scaling_note"):
         lines.append(f"- {env['scaling_note']}")
     sweep = [r for r in rows if not r.get("rung")]
     if sweep:
         lines += ["", "## Models", "", tables.markdown_table(
             ["model", "mode", "batch", "precision", "ch_last", "compile", "data", "images/s", "per device",
-             "step ms (p10-p90)", "latency b1 ms p50 / p90", "peak MB", "params M", "GFLOPs", "TFLOP/s",
+             "step ms (p10-p90)", "latency b1 ms p50 (n, spread) / p90", "peak MB", "params M", "GFLOPs", "TFLOP/s",
              "MFU (achievable)", "note"],
             [[r["model"], r["mode"], r["batch_size"], r["precision"], r["channels_last"], r["compile"], r["data"],
               rate(r), num(r.get("per_device_images_per_s"), ",.0f"), _step(r),
@@ -132,7 +144,7 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
         lines += ["", f"## Optimisation ladder: {model} (train, batch {mine[0]['batch_size']} per process)", "",
                   tables.markdown_table(
                       ["rung", "precision", "ch_last", "compile", "data", "copy", "SGD", "images/s",
-                       "step ms (p10-p90)", "x step", "x total", "MFU (achievable)", "note"],
+                       "step ms (p10-p90)", "x step (n, spread)", "x total (n, spread)", "MFU (achievable)", "note"],
                       [[r["rung"], r["precision"], r["channels_last"], r["compile"], r["data"],
                         "overlapped" if r.get("overlap") else "synchronous", "fused" if r.get("fused") else "seeds'",
                         rate(r), _step(r), speedup(r, "speedup_step"), speedup(r, "speedup_total"), _mfu(r), note(r)]
@@ -142,8 +154,8 @@ def to_markdown(rows: list[dict], env: dict, names: dict) -> str:
                   f"({env['num_workers']} workers); copy: synchronous = a pageable `.to(device)` per batch and a host "
                   "read of loss and accuracy every step (the seed's loop), overlapped = pinned batches copied "
                   "non_blocking, nothing read per step; torch = GPU-resident uint8, gathered and cropped/flipped on "
-                  "the GPU, dali = batches gathered on the host and rendered by NVIDIA DALI. x step / x total: the "
-                  "median of the round-by-round ratios (min–max)"]
+                  "the GPU, dali = batches gathered on the training device and rendered by NVIDIA DALI ops. x step / "
+                  "x total: the median of the round-by-round ratios, with n and their spread"]
     for title, key in (("images/s", "images_per_s"), ("ladder", "ladder")):
         if names.get(key):
             lines += ["", f"![{title}]({names[key]})"]
@@ -157,7 +169,7 @@ def note(r: dict) -> str:
     if r.get("peak_source") == "measured" and r.get("mfu") is not None:
         parts.append("MFU vs measured peak (device not in the datasheet table)")
     if r.get("scaling_efficiency"):
-        parts.append(f"scaling {r['scaling_efficiency']:.0%}")
+        parts.append(f"scaling {figure(r, 'scaling_efficiency', '.0f', '%', 100)}")
     if r.get("skip_reason"):
         parts.append(f"skipped: {r['skip_reason']}")
     if r.get("error"):
@@ -233,7 +245,7 @@ def plot_ladder(rows: list[dict], path: Path, device: str) -> bool:
 
 def error_bars(rows: list[dict]):
     """matplotlib's xerr/yerr (2 x n: below, above the bar) from each row's spread; None without one. Values
-    may be numbers or CSV text (a campaign step cut short leaves only bench.csv)."""
+    may be numbers or CSV text (the campaign's report reads bench.csv where a step left no bench.json)."""
     def f(r, key, default):
         v = r.get(key)
         return default if v in (None, "") else float(v)

@@ -30,6 +30,7 @@ def load_images(data: BenchData) -> tuple[np.ndarray, np.ndarray, str]:
 # seed 001's Normalize constants (its std is the often-copied (0.2023, 0.1994, 0.2010), not the data set's)
 SEED_MEAN, SEED_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 SEED_WORKERS = 2  # seed 001: DataLoader(train_dataset, batch_size=128, shuffle=True, num_workers=2)
+LOADER_PREFETCH = 2  # DataLoader's default prefetch_factor: batches each worker renders ahead
 
 
 def seed_dataset(images: np.ndarray, labels: np.ndarray, train: bool):
@@ -50,6 +51,15 @@ def seed_dataset(images: np.ndarray, labels: np.ndarray, train: bool):
 
 def num_workers(requested: int) -> int:
     return SEED_WORKERS if requested < 0 else requested
+
+
+def queue_depth(data: str, workers: int, prefetch: int) -> int:
+    """Batches a data source renders ahead on its own (DataLoader workers, DALI's prefetch queue), so they
+    pile up while the other rows of a round run: the steps to run untimed before each timed block, or the
+    block would start with that many free batches. The torch and synthetic sources render on demand."""
+    if data == "loader":
+        return workers * LOADER_PREFETCH
+    return prefetch if data == "dali" else 0
 
 
 class Images:
@@ -90,7 +100,7 @@ def batches(spec: Spec, batch_size: int, images: Images, *, device: torch.device
         # each rank shuffles with its own seed: the same cost as a DistributedSampler's shard
         loader = torch.utils.data.DataLoader(
             seed_dataset(x_all, y_all, train), batch_size=batch_size, shuffle=train, drop_last=True,
-            num_workers=workers, pin_memory=overlap,
+            num_workers=workers, pin_memory=overlap, prefetch_factor=LOADER_PREFETCH if workers else None,
             persistent_workers=workers > 0,  # repeats must not time worker start-up (warm-up did)
             generator=torch.Generator().manual_seed(seed + rank))
         while True:

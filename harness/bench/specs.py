@@ -58,7 +58,7 @@ class BenchConfig:
     mode: str = choices("train", "infer", "both", default="both")  # suite=zoo
     latency: bool = False  # suite=zoo: also inference latency at batch 1 (ms, p50/p90) beside each model's throughput
     backends: str = "torch,dali,synthetic"  # suite=data: comma list; synthetic is the reference for the ratio
-    steps: int = 0  # timed steps per row per round (0: the suite's default: 50; data on a CPU 10; ddp 10)
+    steps: int = 0  # timed steps per row per round (0: the suite's default: 50; zoo on a CPU 20; data on a CPU 10; ddp 10)
     warmup: int = -1  # untimed steps first: compile, cuDNN autotune, worker start-up (-1: the suite's default: 10; data on a CPU 5; ddp 2)
     repeats: int = 0  # alternating rounds; images/s is the median round, with n and spread (0: the suite's default: zoo 5 (10 on a CPU), data 3 (7 on a CPU), ddp 3)
     rounds: str = choices("auto", "group", "run", default="auto")  # suite=zoo: which rows alternate round by round: group (the precisions of one configuration, the rungs of one ladder), run (every eager row of the run, so each row's rounds span the whole run: a CPU's speed drifts ~10% over tens of seconds, docs/benchmarks/cpu); auto: run on a CPU, group on a GPU (compiled rows always by group: their graphs are dropped after it)
@@ -132,9 +132,10 @@ def check(cfg: BenchConfig) -> None:
 # NCHW, eager, and a host read of loss and accuracy every step (its progress bar). "+overlapped copy"
 # pins the batches and copies them non_blocking without the per-step read, so the host prepares the next
 # step while the device runs this one; every later loader rung keeps it, so compile's gain is not hidden
-# behind a synchronous copy. The last two rungs are named by their data path, not as speed-ups: the DALI
-# rung renders batches in DALI from a host-side gather, the one before it gathers on the GPU (airbench
-# style); which is faster is what the rung measures.
+# behind a synchronous copy. The last two rungs are named by their data path, not as speed-ups: both gather
+# the batch from the data set resident on the training device; the one before the last crops and flips it
+# with torch ops (airbench style), the DALI rung renders it with DALI's ops (harness.data.dali); which is
+# faster is what the rung measures.
 RUNGS = [
     ("baseline (seed 001)", "fp32", False, False, "loader", False, False),
     ("+overlapped copy", "fp32", False, False, "loader", True, False),
@@ -143,7 +144,7 @@ RUNGS = [
     ("+channels_last", "bf16", True, False, "loader", True, True),
     ("+compile", "bf16", True, True, "loader", True, True),
     ("+GPU-resident data (GPU gather)", "bf16", True, True, "torch", True, True),
-    ("DALI-rendered batches (host gather)", "bf16", True, True, "dali", True, True),
+    ("DALI-rendered batches (device gather + DALI ops)", "bf16", True, True, "dali", True, True),
 ]
 
 

@@ -8,7 +8,9 @@ holding per-row `images_per_s` with `images_per_s_low`/`_high`, the spread the r
 data suite's rows also their ratio to synthetic data, `vs_synthetic` with its spread, compared likewise).
 Rows are matched by what they measure (model, mode, precision, batch, backend, rung...). A row is
 *reproduced* when every run's median lies inside every other run's spread; otherwise the table names the
-runs whose medians fall outside, and the figure is not one to quote without more rounds. Written to
+runs whose medians fall outside, and the figure is not one to quote without more rounds. Each run's own
+flags on the row (unstable, impossible, ...) are carried into the table, and runs made with different
+threads per process or another launcher are flagged unlike (harness.sanity). Written to
 `out` (default runs/stability-<UTC time>): stability.md and stability.json.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import tables
+from harness import sanity, tables
 from harness.cli import parse_args, run_cli
 from harness.errors import UserError
 
@@ -72,9 +74,13 @@ def compare(runs: list[list[dict]]) -> list[dict]:
             spreads = [(r[f"{figure}_low"], r[f"{figure}_high"]) for r in rows]
             outside = sorted({i + 1 for i, m in enumerate(medians) for j, (lo, hi) in enumerate(spreads)
                               if i != j and not lo <= m <= hi})
+            flags = [f"run {i + 1}: {f}" for i, r in enumerate(rows) for f in sanity.as_list(r.get("flags"))]
+            flags += sanity.collect(*(sanity.unlike(setting, {f"run {i + 1}": r.get(setting) for i, r in enumerate(rows)})
+                                      for setting in ("threads", "launcher")))
             out.append({"row": ", ".join(f"{v}" for _, v in k), "figure": unit, "format": fmt, "identity": dict(k),
-                        "medians": medians, "spreads": spreads, "n": [r.get("images_per_s_n") for r in rows],
-                        "max_over_min": max(medians) / min(medians), "reproduced": not outside, "outside": outside})
+                        "medians": medians, "spreads": spreads, "n": [r.get(f"{figure}_n", r.get("images_per_s_n")) for r in rows],
+                        "max_over_min": max(medians) / min(medians), "reproduced": not outside, "outside": outside,
+                        "flags": flags})
     return out
 
 
@@ -83,14 +89,15 @@ def to_markdown(result: list[dict], dirs: list[str]) -> str:
     rows = [[r["row"], r["figure"]] + [f"{format(m, r['format'])} ({format(lo, r['format'])}–{format(hi, r['format'])}, "
                                        f"n={n})" for m, (lo, hi), n in zip(r["medians"], r["spreads"], r["n"])]
             + [f"{r['max_over_min']:.2f}", "yes" if r["reproduced"] else
-               "no: median of run " + ", ".join(map(str, r["outside"])) + " outside another's spread"]
+               "no: median of run " + ", ".join(map(str, r["outside"])) + " outside another's spread",
+               sanity.text(r["flags"]) or "-"]
             for r in result]
     header = ["row", "figure"] + [f"run {i + 1}: median (spread, n)" for i in range(len(dirs))] + \
-        ["max/min of medians", "every median inside every other run's spread"]
+        ["max/min of medians", "every median inside every other run's spread", "flags"]
     done = sum(r["reproduced"] for r in result)
     return "\n".join([f"# Stability: {len(dirs)} runs of one benchmark", "", runs, "",
                       f"{done} of {len(result)} figures reproduced.", "",
-                      tables.markdown_table(header, rows, "ll" + "r" * (len(dirs) + 1) + "l"), ""])
+                      tables.markdown_table(header, rows, "ll" + "r" * (len(dirs) + 1) + "ll"), ""])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import sanity, tables
-from harness.bench.data_suite import ratio_text
-from harness.bench.outputs import error_bars, hatch_flagged, rate, speedup
+from harness.bench.outputs import error_bars, figure, hatch_flagged, rate, speedup
 from harness.campaign.steps import STEPS, Step
 from harness.stats import ACCURACY, format_mean_std, format_median, summarize
 
@@ -338,21 +337,21 @@ def ladder_section(rows: list[dict]) -> list[str]:
     body = []
     for r in rows:
         why = r.get("skip_reason") or r.get("error")
-        x = lambda key: "-" if why else speedup(r, key) + "x"  # noqa: E731
+        x = lambda key: "-" if why else speedup(r, key)  # noqa: E731
         body.append([r.get("model"), r.get("rung"), why or rate(r), x("speedup_step"), x("speedup_total"),
                      sanity.text(r.get("flags")) or "-"])
-    return [tables.markdown_table(["model", "rung", "images/s (n, spread)", "speed-up over the rung before",
-                                   "over the baseline (min–max of rounds)", "flags"], body, align="llrrrl")]
+    return [tables.markdown_table(["model", "rung", "images/s (n, spread)", "x over the rung before (n, spread)",
+                                   "x over the baseline (n, spread)", "flags"], body, align="llrrrl")]
 
 
 def data_section(rows: list[dict]) -> list[str]:
     """One row per (step, model, backend): the data and dali steps each measure torch and synthetic in their
     own process, so each ratio is against its own step's synthetic."""
     return [tables.markdown_table(
-        ["step", "model", "backend", "batch", "images/s (n, spread)", "ms/step", "vs synthetic (min–max of rounds)",
-         "flags"],
+        ["step", "model", "backend", "batch", "images/s (n, spread)", "ms/step (n, spread)",
+         "vs synthetic (round by round: n, spread)", "flags"],
         [[r.get("step"), r.get("model"), r.get("backend"), r.get("batch_size", "-"), rate(r),
-          _f(r.get("step_ms"), ".2f"), ratio_text(r), sanity.text(r.get("flags")) or "-"] for r in rows],
+          figure(r, "step_ms", ".2f"), speedup(r, "vs_synthetic"), sanity.text(r.get("flags")) or "-"] for r in rows],
         align="lllrrrrl")]
 
 
