@@ -489,8 +489,10 @@ def seed_table(groups: list[dict]) -> str:
 
 
 def group_flags(g: dict) -> list[str]:
-    """A seed group's timed figures whose spread is wider than half their median."""
-    return sanity.collect(sanity.unstable(g["train_s"], " s"), sanity.unstable(g["images_per_s"], " images/s"))
+    """A seed group's timed figures whose spread is wider than half their median, and its accuracy
+    intervals where one was clipped to [0, 1] (harness.stats.summarize keeps the raw ends)."""
+    return sanity.collect(sanity.unstable(g["train_s"], " s"), sanity.unstable(g["images_per_s"], " images/s"),
+                          sanity.interval(g["val_acc"], ACCURACY), sanity.interval(g["test_acc"], ACCURACY))
 
 
 def seed_rows(groups: list[dict]) -> list[dict]:

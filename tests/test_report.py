@@ -267,3 +267,15 @@ def test_a_runs_rate_samples_are_those_of_the_summarys_median():
         epochs = [{"kind": "epoch", "epoch": i, "images_per_s": r} for i, r in enumerate(rates, 1)]
         samples = R.run_record("r", "s", {}, {}, epochs)["epoch_rates"]
         assert statistics.median(samples) == metrics.throughput(rates) and len(samples) == max(1, len(rates) - 1)
+
+
+def test_a_seed_groups_clipped_accuracy_interval_is_flagged():
+    """Three seeds at 10%, 50% and 90%: the t interval (-49%, 149%) is printed clipped to 0-100% and the group
+    is flagged with the raw ends (the seed table's flags column)."""
+    from harness.stats import ACCURACY, summarize
+
+    steady = summarize([1.0, 1.0, 1.0])
+    group = {"train_s": steady, "images_per_s": steady, "val_acc": summarize([0.5, 0.5, 0.5], bounds=ACCURACY),
+             "test_acc": summarize([0.1, 0.5, 0.9], bounds=ACCURACY)}
+    flags = R.group_flags(group)
+    assert len(flags) == 1 and "leaves its bounds (printed clipped to 0–1)" in flags[0]

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from harness import config as C
+from harness import sanity
 from harness.stats import ACCURACY, format_mean_std, summarize
 from harness.tables import write_json
 
@@ -50,4 +51,6 @@ def run_repeats(main, argv: list[str], cfg: C.Config, base: Path) -> dict:
         t = record["time_s"]
         print(f"repeats: test accuracy {format_mean_std(record['test_acc'], 100, 2, '%')} | training time "
               f"{format_mean_std(t, 1, 2, ' s')}, median {t['median']:.2f} s | {base / 'repeats.json'}", flush=True)
+        sanity.warn("repeats", sanity.collect(*(sanity.interval(record[key], BOUNDS[key]) for key in STAT_KEYS),
+                                              sanity.unstable(t, " s")))
     return record
