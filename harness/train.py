@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     world, device, main_proc = accelerator.num_processes, accelerator.device, accelerator.is_main_process
     check_config(cfg, world)  # every key in range before anything is written
     torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: cuDNN picks its fastest convolutions once
-    # lock, the recipe check on resume; leaving it tears down. Out of memory anywhere in the run (the data on
-    # the device, the warm-up run, the loop, the final evaluation) is one line with the fix
+    # the lock and the resume's recipe check; leaving it tears down. Out of memory anywhere: one line, the fix
     with RunDirectory(cfg, accelerator) as run, out_of_memory_advice(cfg, accelerator, run.checkpoints.dir):
         # ---- data: each rank renders its slice of every global batch of one shared plan
         data = build_data(cfg, accelerator)
