@@ -9,8 +9,8 @@ Before each block a row runs its source's queue depth of steps untimed (harness.
 a DataLoader's workers and DALI fill their queues while the other rows run; without it each block began
 with that many free batches, +9% on a loader-bound GPU rung at 50 steps, +25% at a CPU's 20). All rows of
 a group are in memory together: a row's peak memory is its own (the peak minus what the other live rows
-hold), and compared rows that ended at different batch sizes (out-of-memory halving) are flagged unlike. A training
-step is the trainer's own (harness.training.step.train_step and optimizer_step) under the row's own
+hold), and compared rows that ended at different batch sizes (out-of-memory halving) are flagged unlike.
+A training step is the trainer's own (harness.training.step.train_step and optimizer_step) under the row's own
 autocast: the benchmark's Accelerator is made with mixed_precision="no", so a launcher's
 ACCELERATE_MIXED_PRECISION=bf16 cannot turn an fp32 row into bf16.
 
